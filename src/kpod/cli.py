@@ -1,0 +1,148 @@
+"""The `kpod` command: one subcommand per pipeline stage plus `run` for the whole pipeline.
+
+    kpod run configs/default.yaml                 # the whole pipeline; re-running resumes
+    kpod run configs/quick.yaml --set train.epochs=2
+    kpod eval --model smollm2-135m-instruct --dataset svamp --split test
+    kpod data stats                               # split counts of every dataset, as JSON
+    kpod data rationales --dataset svamp          # import a released rationale set, report drops
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def _parse_overrides(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"error: --set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def cmd_run(args) -> int:
+    from kpod.config import load_config
+    from kpod.pipeline import Pipeline
+
+    overrides = _parse_overrides(args.set)
+    if args.run_dir:
+        overrides["run_dir"] = args.run_dir
+    cfg = load_config(args.config, overrides)
+    summary = Pipeline(cfg, progress=not args.no_progress).run()
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("zero_shot", "results")}, indent=1))
+    for key in ("zero_shot", "results"):
+        for r in summary.get(key, []):
+            print(f"{r['method']:<36} {r['dataset']}/{r['split']}: accuracy {r['accuracy']:.2f} % "
+                  f"({r['correct']}/{r['n']})")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from kpod.data.custom import load_user_jsonl
+    from kpod.data.datasets import load_split
+    from kpod.evaluation.evaluate import evaluate_questions
+    from kpod.models import load_student
+
+    model, tok = load_student(args.model)
+    if args.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, args.adapter).merge_and_unload()
+    if args.file:
+        questions, kind = load_user_jsonl(args.file, args.answer_type)[0], args.answer_type
+    else:
+        questions, kind = load_split(args.dataset, args.split, args.data_dir), args.dataset
+    questions = questions[: args.max_examples]
+    out_dir = Path(args.out) if args.out else None
+    res = evaluate_questions(model, tok, questions, dataset=kind, split=args.split, out_dir=out_dir,
+                             method=args.method, model_name=args.model, batch_size=args.batch_size,
+                             max_new_tokens=args.max_new_tokens, progress=not args.no_progress)
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+def cmd_data_stats(args) -> int:
+    from kpod.data.datasets import split_counts
+
+    print(json.dumps(split_counts(args.data_dir), indent=1))
+    return 0
+
+
+def cmd_data_rationales(args) -> int:
+    from kpod.data.rationales import import_rationales
+    from kpod.data.records import write_jsonl
+
+    rationales, report = import_rationales(args.dataset, args.source, args.data_dir)
+    if args.out:
+        write_jsonl(args.out, (r.to_json() for r in rationales if r.correct or args.keep_wrong))
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kpod", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run the whole pipeline from a YAML config (resumes finished stages)")
+    r.add_argument("config")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. train.epochs=2")
+    r.add_argument("--run-dir", help="output folder (default runs/NAME)")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(fn=cmd_run)
+
+    e = sub.add_parser("eval", help="evaluate any model on any split")
+    e.add_argument("--model", default="smollm2-135m-instruct", help="hub id, folder, or the default student")
+    e.add_argument("--adapter", help="LoRA adapter folder to apply (e.g. runs/NAME/train/final)")
+    e.add_argument("--dataset", default="svamp")
+    e.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    e.add_argument("--file", help="evaluate on your own JSONL instead of a benchmark")
+    e.add_argument("--answer-type", default="number", choices=["number", "choice"])
+    e.add_argument("--data-dir")
+    e.add_argument("--max-examples", type=int)
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--max-new-tokens", type=int, default=200)
+    e.add_argument("--method", default="", help="label written into the results")
+    e.add_argument("--out", help="folder for predictions.jsonl and results.json")
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(fn=cmd_eval)
+
+    d = sub.add_parser("data", help="datasets and released rationales")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    ds = dsub.add_parser("stats", help="print split counts of every dataset as JSON")
+    ds.add_argument("--data-dir")
+    ds.set_defaults(fn=cmd_data_stats)
+    dr = dsub.add_parser("rationales", help="import a released teacher rationale set and report what was dropped")
+    dr.add_argument("--dataset", required=True)
+    dr.add_argument("--source", help="gpt35, palm or llama3 (default: the dataset's usual one)")
+    dr.add_argument("--data-dir")
+    dr.add_argument("--out", help="write the rationales (kpod format) to this JSONL")
+    dr.add_argument("--keep-wrong", action="store_true", help="also write rationales with a wrong answer")
+    dr.set_defaults(fn=cmd_data_rationales)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    from kpod.config import ConfigError
+    from kpod.data.records import DataError
+
+    try:
+        return args.fn(args)
+    except (DataError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The one validated run configuration (pydantic). Every field has help text; `kpod run` saves the resolved config
+next to its results. Ready configs live in `configs/` and contain only what differs from these defaults.
+
+    >>> cfg = load_config("configs/quick.yaml")
+    >>> cfg.train.epochs
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from kpod.data.prompts import DEFAULT_PROMPT, DEFAULT_TARGET
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DataConfig(Strict):
+    dataset: str = Field("svamp", description="gsm8k, asdiv, svamp, csqa, or 'custom' with train_file/test_file")
+    data_dir: str | None = Field(None, description="Data folder (raw/, splits/, rationales/); default $KPOD_DATA_DIR or the data shipped with kpod")
+    train_file: str | None = Field(None, description="custom dataset: JSONL of training questions with rationale(s)")
+    dev_file: str | None = Field(None, description="custom dataset: JSONL of dev questions")
+    test_file: str | None = Field(None, description="custom dataset: JSONL of test questions")
+    answer_type: Literal["number", "choice"] = Field("number", description="custom dataset: how answers are read")
+    rationale_source: str | None = Field(None, description="released teacher set (gpt35, palm, llama3) or a rationale JSONL from `kpod teach`; default: the dataset's usual source")
+    only_correct: bool = Field(True, description="keep only rationales whose answer matches gold (the paper's filter)")
+    rationales_per_question: int | None = Field(1, ge=1, description="rationales kept per question (first ones); null keeps all (multi-rationale baselines)")
+    max_train_questions: int | None = Field(None, ge=1, description="use only the first N training questions (quick runs)")
+    splitter: str = Field("period", description="step splitter: 'period' (the paper) or 'period_or_newline'")
+    max_length: int = Field(384, ge=16, description="longest prompt+target in tokens; longer examples are skipped and counted")
+    prompt_template: str = Field(DEFAULT_PROMPT, description="student input; {question} is replaced")
+    target_template: str = Field(DEFAULT_TARGET, description="student target; {rationale} and {answer} are replaced")
+
+    @model_validator(mode="after")
+    def _custom_needs_files(self):
+        if self.dataset == "custom" and not (self.train_file and self.test_file):
+            raise ValueError("dataset 'custom' needs train_file and test_file")
+        return self
+
+
+class LoraSettings(Strict):
+    enabled: bool = Field(True, description="train LoRA adapters (peft); false = full fine-tuning")
+    rank: int = Field(16, ge=1, description="LoRA rank r")
+    alpha: float = Field(32, gt=0, description="LoRA scaling alpha")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA branch")
+    targets: list[str] | str = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="module names to adapt, or 'all-linear'",
+    )
+
+
+class StudentConfig(Strict):
+    name: str = Field("smollm2-135m-instruct", description="hub id or local folder of a causal LM or seq2seq model; default: SmolLM2-135M-Instruct shipped via PyPI")
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+
+
+class TrainConfig(Strict):
+    method: Literal["plain", "kpod"] = Field("plain", description="plain CoT distillation (Eq. 1) or KPOD (Eq. 15)")
+    epochs: float = Field(1, gt=0, description="training epochs (KPOD: one schedule stage per epoch)")
+    batch_size: int = Field(8, ge=1, description="examples per device step")
+    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
+    lr: float = Field(2e-4, gt=0, description="peak learning rate (AdamW)")
+    lr_scheduler: str = Field("linear", description="Hugging Face scheduler name")
+    warmup_steps: int = Field(10, ge=0, description="linear warm-up steps")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
+    group_by_length: bool = Field(True, description="batch examples of similar length (less padding)")
+    loss_normalization: Literal["tokens", "weights"] = Field("tokens", description="divide the weighted loss by the number of supervised tokens, or by the sum of their weights")
+    logging_steps: int = Field(5, ge=1, description="log the loss every N steps")
+    save_steps: int = Field(25, ge=1, description="checkpoint every N steps (resume point)")
+    torch_threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: all cores")
+
+
+class EvalConfig(Strict):
+    splits: list[Literal["train", "dev", "test"]] = Field(["test"], description="splits to evaluate after training")
+    batch_size: int = Field(32, ge=1, description="prompts per generation batch")
+    max_new_tokens: int = Field(200, ge=1, description="generation limit per answer")
+    max_examples: int | None = Field(None, ge=1, description="evaluate only the first N questions of each split")
+    zero_shot: bool = Field(False, description="also evaluate the un-distilled student (the 'no distillation' row)")
+
+
+class RunConfig(Strict):
+    name: str = Field("run", description="run name (used in result files)")
+    seed: int = Field(0, description="seed for data order, LoRA init, schedule and sampling")
+    run_dir: str | None = Field(None, description="output folder; default runs/{name}")
+    data: DataConfig = Field(default_factory=DataConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder_name(cls, v: str) -> str:
+        if not v or "/" in v or v.startswith("."):
+            raise ValueError(f"name must be a plain folder name, got {v!r}")
+        return v
+
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
+    """Read and validate a YAML config; errors name the file and the offending field."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        lines = [f"{path}: invalid config"]
+        for err in e.errors():
+            where = ".".join(str(x) for x in err["loc"]) or "(top level)"
+            lines.append(f"  {where}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def dump_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

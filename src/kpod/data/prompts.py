@@ -1,0 +1,38 @@
+"""The text formats the student sees: the zero-shot CoT prompt and the distillation target (paper Sec. 3.1).
+
+input : "Q: {question}\\nA: Let's think step by step."
+target: " {rationale} Therefore, the answer is {answer}."
+
+Both templates are config options. Multiple-choice questions list their options after the question.
+"""
+
+from __future__ import annotations
+
+from kpod.data.records import Question
+
+DEFAULT_PROMPT = "Q: {question}\nA: Let's think step by step."
+DEFAULT_TARGET = " {rationale} Therefore, the answer is {answer}."
+CHOICE_LETTERS = "ABCDEFGHIJ"
+
+
+def question_text(q: Question) -> str:
+    """The question as the student reads it; choices, if any, as "Answer Choices: (A) ... (B) ..."."""
+    if not q.choices:
+        return q.question
+    options = " ".join(f"({CHOICE_LETTERS[i]}) {c}" for i, c in enumerate(q.choices))
+    return f"{q.question}\nAnswer Choices: {options}"
+
+
+def render_prompt(q: Question, template: str = DEFAULT_PROMPT) -> str:
+    return template.format(question=question_text(q))
+
+
+def render_target(rationale: str, answer: str, template: str = DEFAULT_TARGET) -> tuple[str, tuple[int, int]]:
+    """The target text and the character span of the rationale inside it (for step and token mapping)."""
+    marker = "{rationale}"
+    if template.count(marker) != 1:
+        raise ValueError(f"target template must contain {marker} exactly once: {template!r}")
+    head, tail = template.split(marker)
+    head = head.format(answer=answer)
+    text = head + rationale + tail.format(answer=answer)
+    return text, (len(head), len(head) + len(rationale))

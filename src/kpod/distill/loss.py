@@ -1,0 +1,73 @@
+"""The token-weighted distillation loss (paper Eq. 1 for plain CoT distillation, Eq. 15 for KPOD).
+
+Plain distillation is the special case with every weight 1 and no given steps. For decoder-only students the LM head
+runs only at supervised positions: prompt and given-step positions need hidden states (they are context) but no
+logits, which saves the vocabulary projection and the softmax over most of the sequence.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+NORMALIZATIONS = ("tokens", "weights")
+
+
+def weighted_nll(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, normalization: str) -> torch.Tensor:
+    """sum_j w_j * -log p(target_j) / Z.
+
+    logits: (N, V) at the N supervised positions; targets: (N,); weights: (N,).
+    Z = N ("tokens": a token-level mean, as Hugging Face computes it) or sum_j w_j ("weights": a weighted mean, which
+    keeps the loss scale independent of how small the learned weights are).
+    """
+    if targets.numel() == 0:
+        raise ValueError("batch has no supervised token: every target position is ignored (-100)")
+    nll = F.cross_entropy(logits.float(), targets, reduction="none")
+    if normalization == "tokens":
+        return (weights * nll).sum() / targets.numel()
+    if normalization == "weights":
+        return (weights * nll).sum() / weights.sum().clamp_min(1e-8)
+    raise ValueError(f"loss normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+
+
+def _causal_parts(model):
+    """(backbone returning hidden states, output head, logit soft-cap) of a causal LM, through a peft wrapper."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(base, base.base_model_prefix, None)
+    head = base.get_output_embeddings()
+    softcap = getattr(base.config, "final_logit_softcapping", None)
+    return body, head, softcap
+
+
+def causal_lm_loss(model, batch: dict[str, torch.Tensor], normalization: str = "tokens") -> torch.Tensor:
+    """Loss of a decoder-only student. batch: input_ids, attention_mask, labels, weights, all (B, L)."""
+    labels, weights = batch["labels"][:, 1:], batch["weights"][:, 1:]
+    supervised = labels != IGNORE  # position t predicts token t+1
+    body, head, softcap = _causal_parts(model)
+    if body is None or head is None:  # unknown layout: fall back to full logits
+        return reference_causal_lm_loss(model, batch, normalization)
+    hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    logits = head(hidden[:, :-1][supervised])
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return weighted_nll(logits, labels[supervised], weights[supervised], normalization)
+
+
+def seq2seq_loss(model, batch: dict[str, torch.Tensor], normalization: str = "tokens") -> torch.Tensor:
+    """Loss of an encoder-decoder student; decoder_input_ids carry the full target, so given steps stay visible."""
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        decoder_input_ids=batch["decoder_input_ids"],
+    )
+    supervised = batch["labels"] != IGNORE
+    return weighted_nll(out.logits[supervised], batch["labels"][supervised], batch["weights"][supervised], normalization)
+
+
+def reference_causal_lm_loss(model, batch: dict[str, torch.Tensor], normalization: str = "tokens") -> torch.Tensor:
+    """The same loss through the model's full logits: the slow path that tests compare the fast one with."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    labels, weights = batch["labels"][:, 1:], batch["weights"][:, 1:]
+    supervised = labels != IGNORE
+    return weighted_nll(logits[supervised], labels[supervised], weights[supervised], normalization)

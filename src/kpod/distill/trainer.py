@@ -1,0 +1,131 @@
+"""Distillation training on the Hugging Face Trainer: only the loss and the batching are ours.
+
+`DistillTrainer` overrides `compute_loss` with the token-weighted loss (Eq. 1 / Eq. 15) and batches examples of
+similar length. Checkpoints, resume, optimiser, schedule and logging are the Trainer's.
+
+    >>> trainer = build_trainer(model, tokenizer, dataset, cfg.train, output_dir, seed=0)
+    >>> summary = run_training(trainer, output_dir)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import get_last_checkpoint
+
+from kpod.config import TrainConfig
+from kpod.distill.dataset import DistillDataset, PadCollator
+from kpod.distill.loss import causal_lm_loss, seq2seq_loss
+from kpod.models import is_seq2seq
+
+
+class DistillTrainer(Trainer):
+    """Trainer whose loss is the token-weighted CoT-distillation loss."""
+
+    def __init__(self, *args, loss_normalization: str = "tokens", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_normalization = loss_normalization
+        self.tokens_seen = 0  # non-pad tokens through the model, for throughput
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        self._loss_fn = seq2seq_loss if is_seq2seq(base) else causal_lm_loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self.tokens_seen += int(inputs["attention_mask"].sum())
+        if "decoder_input_ids" in inputs:
+            self.tokens_seen += int((inputs["labels"] != -100).sum())
+        loss = self._loss_fn(model, inputs, self.loss_normalization)
+        return (loss, None) if return_outputs else loss
+
+    def _get_train_sampler(self, train_dataset=None):
+        ds = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and isinstance(ds, DistillDataset):
+            # Lengths are known without reading the items (KPOD changes labels, never lengths).
+            return LengthGroupedSampler(
+                self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=ds.lengths
+            )
+        return super()._get_train_sampler(train_dataset)
+
+
+class LossHistory(TrainerCallback):
+    def __init__(self):
+        self.losses: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses.append({"step": state.global_step, "epoch": round(state.epoch or 0, 3), "loss": logs["loss"]})
+
+
+def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int, use_cpu: bool | None = None) -> TrainingArguments:
+    if use_cpu is None:
+        use_cpu = not torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        num_train_epochs=cfg.epochs,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        seed=seed,
+        data_seed=seed,
+        report_to=[],
+        use_cpu=use_cpu,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        disable_tqdm=os.environ.get("KPOD_NO_PROGRESS") == "1",
+    )
+
+
+def build_trainer(model, tokenizer, dataset: DistillDataset, cfg: TrainConfig, output_dir: Path, seed: int,
+                  callbacks: list | None = None, trainer_cls=DistillTrainer) -> DistillTrainer:
+    history = LossHistory()
+    trainer = trainer_cls(
+        model=model,
+        args=training_arguments(cfg, output_dir, seed),
+        train_dataset=dataset,
+        data_collator=PadCollator(tokenizer.pad_token_id),
+        callbacks=[history, *(callbacks or [])],
+        loss_normalization=cfg.loss_normalization,
+    )
+    trainer.loss_history = history
+    return trainer
+
+
+def run_training(trainer: DistillTrainer, output_dir: Path, final_dir: Path) -> dict:
+    """Train (resuming from the newest checkpoint if there is one), save the final model, return a summary."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    last = get_last_checkpoint(str(output_dir)) if output_dir.exists() else None
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=last)
+    wall = time.time() - t0
+    trainer.save_model(str(final_dir))
+    steps_run = trainer.state.global_step - (int(Path(last).name.split("-")[-1]) if last else 0)
+    summary = {
+        "resumed_from": Path(last).name if last else None,
+        "global_steps": trainer.state.global_step,
+        "steps_this_run": steps_run,
+        "epochs": trainer.state.epoch,
+        "train_wall_s": round(wall, 1),
+        "s_per_step": round(wall / max(1, steps_run), 3),
+        "tokens_this_run": trainer.tokens_seen,
+        "train_tokens_per_s": round(trainer.tokens_seen / wall, 1) if wall > 0 else None,
+        "final_train_loss": result.training_loss,
+        "loss_curve": trainer.loss_history.losses,
+        "batch_size": trainer.args.per_device_train_batch_size,
+        "grad_accum": trainer.args.gradient_accumulation_steps,
+    }
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary

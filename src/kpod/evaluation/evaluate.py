@@ -1,0 +1,86 @@
+"""Accuracy of a student on a split: generate from the question alone, extract, compare with gold.
+
+Writes a predictions JSONL (question id, output, extracted, gold, correct, diagnostics) and a results JSON with
+dataset, split, n, accuracy (percent), method, model, seed, commit and generation throughput.
+
+    >>> results = evaluate_questions(model, tok, questions, dataset="svamp", split="test", out_dir=Path("eval/test"))
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+from kpod.data.answers import answers_match, extract_answer_details
+from kpod.data.prompts import DEFAULT_PROMPT, render_prompt
+from kpod.data.records import Question, write_jsonl
+from kpod.evaluation.generate import generate
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    import os
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
+            "torch": torch.__version__, "python": platform.python_version()}
+
+
+def evaluate_questions(
+    model, tokenizer, questions: list[Question], *, dataset: str, split: str, out_dir: Path | None = None,
+    method: str = "", model_name: str = "", seed: int = 0, prompt_template: str = DEFAULT_PROMPT,
+    batch_size: int = 32, max_new_tokens: int = 200, progress: bool = True,
+) -> dict:
+    prompts = [render_prompt(q, prompt_template) for q in questions]
+    outputs, gen_stats = generate(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                  progress=progress)
+    rows, n_correct, n_strict_correct, n_no_answer = [], 0, 0, 0
+    for q, out in zip(questions, outputs):
+        det = extract_answer_details(out, dataset, q.choices)
+        correct = answers_match(det.answer, q.answer, dataset)
+        n_correct += correct
+        n_strict_correct += correct and det.source == "strict"
+        n_no_answer += det.answer is None
+        rows.append({"id": q.id, "output": out, "extracted": det.answer, "gold": q.answer, "correct": correct,
+                     "source": det.source, "rule": det.rule, "looks_truncated": det.looks_truncated})
+    n = len(questions)
+    results = {
+        "dataset": dataset,
+        "split": split,
+        "n": n,
+        "correct": n_correct,
+        "accuracy": round(100.0 * n_correct / max(1, n), 2),
+        "accuracy_strict": round(100.0 * n_strict_correct / max(1, n), 2),
+        "no_answer": n_no_answer,
+        "method": method,
+        "model": model_name,
+        "seed": seed,
+        "commit": git_commit(),
+        "machine": machine(),
+        "generation": gen_stats,
+    }
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_jsonl(out_dir / "predictions.jsonl", rows)
+        (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    return results

@@ -1,0 +1,233 @@
+"""`kpod run`: the whole pipeline into one run directory, each finished stage cached so a re-run resumes.
+
+Stages: data (rationales, filtered and counted) -> encode (tokens, step spans) -> [zero-shot eval] -> train
+(resumable Trainer checkpoints) -> eval. A stage is skipped when `stages.json` records it as done with the same
+config fingerprint; a changed setting re-runs that stage and everything after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from kpod.config import RunConfig, dump_config
+from kpod.data.custom import load_user_jsonl
+from kpod.data.datasets import load_split
+from kpod.data.rationales import assert_no_leakage, import_rationales
+from kpod.data.records import DataError, Question, Rationale, read_jsonl, write_jsonl
+from kpod.distill.dataset import DistillDataset
+from kpod.distill.examples import EncodedExample, encode_examples
+from kpod.distill.trainer import build_trainer, run_training
+from kpod.evaluation.evaluate import evaluate_questions
+from kpod.models import add_lora, is_seq2seq, load_student
+from kpod.paths import RunPaths
+
+log = logging.getLogger("kpod")
+
+
+# ----------------------------------------------------------------------------- stage bookkeeping
+def fingerprint(*parts) -> str:
+    blob = json.dumps([p.model_dump(mode="json") if hasattr(p, "model_dump") else p for p in parts], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class StageLog:
+    """Which stages finished, with the fingerprint of the settings they ran with."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.done: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+        self._invalidated = False
+
+    def is_done(self, stage: str, fp: str) -> bool:
+        if self._invalidated:
+            return False
+        ok = self.done.get(stage) == fp
+        if not ok and stage in self.done:
+            log.info("stage %s: settings changed, re-running it and every later stage", stage)
+        if not ok:
+            self._invalidated = stage in self.done  # later stages ran on different inputs
+        return ok
+
+    def mark(self, stage: str, fp: str) -> None:
+        self.done[stage] = fp
+        self.path.write_text(json.dumps(self.done, indent=1))
+
+
+# ----------------------------------------------------------------------------- data
+def load_questions(cfg: RunConfig, split: str) -> list[Question]:
+    d = cfg.data
+    if d.dataset == "custom":
+        path = {"train": d.train_file, "dev": d.dev_file, "test": d.test_file}[split]
+        if path is None:
+            raise DataError(f"custom dataset has no {split}_file")
+        return load_user_jsonl(path, d.answer_type)[0]
+    return load_split(d.dataset, split, d.data_dir)
+
+
+def answer_kind(cfg: RunConfig) -> str:
+    return cfg.data.answer_type if cfg.data.dataset == "custom" else cfg.data.dataset
+
+
+def collect_rationales(cfg: RunConfig) -> tuple[list[Question], list[Rationale], dict]:
+    """Training questions and their kept rationales, with a report of every count and drop."""
+    d = cfg.data
+    if d.dataset == "custom":
+        questions, rationales = load_user_jsonl(d.train_file, d.answer_type)
+        report = {"dataset": "custom", "source": d.train_file, "rationales": len(rationales)}
+    else:
+        questions = load_split(d.dataset, "train", d.data_dir)
+        if d.rationale_source and Path(d.rationale_source).suffix == ".jsonl":
+            rationales = [Rationale.from_json(row) for _, row in read_jsonl(d.rationale_source)]
+            report = {"dataset": d.dataset, "source": d.rationale_source, "rationales": len(rationales)}
+        else:
+            rationales, report = import_rationales(d.dataset, d.rationale_source, d.data_dir)
+        assert_no_leakage(rationales, d.dataset, d.data_dir)
+    if d.max_train_questions:
+        questions = questions[: d.max_train_questions]
+        keep = {q.id for q in questions}
+        rationales = [r for r in rationales if r.id in keep]
+    if d.only_correct:
+        report["dropped_wrong_answer_total"] = sum(not r.correct for r in rationales)
+        rationales = [r for r in rationales if r.correct]
+    if d.rationales_per_question:
+        per_q: dict[str, list[Rationale]] = defaultdict(list)
+        # Prefer rationales whose own text reaches the answer (where the release states it separately).
+        for r in sorted(rationales, key=lambda r: not r.meta.get("text_agrees", True)):
+            per_q[r.id].append(r)
+        report["dropped_over_rationales_per_question"] = sum(max(0, len(v) - d.rationales_per_question) for v in per_q.values())
+        rationales = [r for v in per_q.values() for r in v[: d.rationales_per_question]]
+    report["kept_rationales"] = len(rationales)
+    report["kept_questions"] = len({r.id for r in rationales})
+    report["train_questions_used"] = len(questions)
+    return questions, rationales, report
+
+
+# ----------------------------------------------------------------------------- the pipeline
+class Pipeline:
+    def __init__(self, cfg: RunConfig, progress: bool = True):
+        self.cfg = cfg
+        self.paths = RunPaths(cfg.resolved_run_dir())
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        self.stages = StageLog(self.paths.stages)
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+        if cfg.train.torch_threads:
+            torch.set_num_threads(cfg.train.torch_threads)
+        torch.manual_seed(cfg.seed)
+
+    # Each stage: fingerprint of what it depends on, then work unless cached.
+    def stage_data(self) -> tuple[dict[str, Question], list[Rationale]]:
+        fp = fingerprint(self.cfg.data)
+        if not self.stages.is_done("data", fp):
+            t0 = time.time()
+            questions, rationales, report = collect_rationales(self.cfg)
+            write_jsonl(self.paths.rationales, (r.to_json() for r in rationales))
+            write_jsonl(self.paths.data_dir / "train_questions.jsonl", (q.to_json() for q in questions))
+            self.paths.data_report.write_text(json.dumps(report, indent=1))
+            log.info("data: %s", json.dumps(report))
+            self.timings["data"] = time.time() - t0
+            self.stages.mark("data", fp)
+        questions = {row["id"]: Question(**row) for _, row in read_jsonl(self.paths.data_dir / "train_questions.jsonl")}
+        rationales = [Rationale.from_json(row) for _, row in read_jsonl(self.paths.rationales)]
+        return questions, rationales
+
+    def stage_encode(self, tokenizer, questions, rationales) -> list[EncodedExample]:
+        fp = fingerprint(self.cfg.data, self.cfg.student.name)
+        if not self.stages.is_done("encode", fp):
+            t0 = time.time()
+            d = self.cfg.data
+            examples, report = encode_examples(
+                tokenizer, questions, rationales, prompt_template=d.prompt_template,
+                target_template=d.target_template, splitter=d.splitter, max_length=d.max_length,
+                progress=self.progress,
+            )
+            write_jsonl(self.paths.examples, (e.to_json() for e in examples))
+            (self.paths.data_dir / "encode_report.json").write_text(json.dumps(report, indent=1))
+            log.info("encode: %s", json.dumps(report))
+            self.timings["encode"] = time.time() - t0
+            self.stages.mark("encode", fp)
+        return [EncodedExample(**{**row, "step_spans": [tuple(s) for s in row["step_spans"]]})
+                for _, row in read_jsonl(self.paths.examples)]
+
+    def stage_eval(self, label: str, model, tokenizer, method: str) -> list[dict]:
+        trained_with = self.cfg.train if label != "zero-shot" else None
+        fp = fingerprint(self.cfg.data, self.cfg.eval, self.cfg.student, trained_with, self.cfg.seed, label)
+        results = []
+        for split in self.cfg.eval.splits:
+            name = f"{label}-{split}"
+            path = self.paths.eval_results(name)
+            if self.stages.is_done(f"eval:{name}", fp) and path.exists():
+                results.append(json.loads(path.read_text()))
+                continue
+            questions = load_questions(self.cfg, split)[: self.cfg.eval.max_examples]
+            t0 = time.time()
+            res = evaluate_questions(
+                model, tokenizer, questions, dataset=answer_kind(self.cfg), split=split,
+                out_dir=self.paths.eval_dir(name), method=method, model_name=self.cfg.student.name,
+                seed=self.cfg.seed, prompt_template=self.cfg.data.prompt_template,
+                batch_size=self.cfg.eval.batch_size, max_new_tokens=self.cfg.eval.max_new_tokens,
+                progress=self.progress,
+            )
+            self.timings[f"eval:{name}"] = time.time() - t0
+            self.stages.mark(f"eval:{name}", fp)
+            log.info("%s: accuracy %.2f %% (%d/%d)", name, res["accuracy"], res["correct"], res["n"])
+            results.append(res)
+        return results
+
+    def stage_train(self, model, tokenizer, examples: list[EncodedExample]):
+        cfg = self.cfg
+        fp = fingerprint(cfg.data, cfg.student, cfg.train, cfg.seed)
+        if self.stages.is_done("train", fp) and self.paths.final_model.exists():
+            return self._load_final(model)
+        if cfg.student.lora.enabled:
+            lo = cfg.student.lora
+            model = add_lora(model, lo.rank, lo.alpha, lo.dropout, lo.targets)
+        seq2seq = is_seq2seq(model.get_base_model() if hasattr(model, "get_base_model") else model)
+        dataset = DistillDataset(
+            examples, seq2seq=seq2seq,
+            decoder_start_token_id=getattr(model.config, "decoder_start_token_id", None),
+        )
+        trainer = build_trainer(model, tokenizer, dataset, cfg.train, self.paths.train_dir, cfg.seed)
+        summary = run_training(trainer, self.paths.train_dir, self.paths.final_model)
+        self.timings["train"] = summary["train_wall_s"]
+        log.info("train: %d steps, %.1f s, %.1f tokens/s", summary["global_steps"], summary["train_wall_s"],
+                 summary["train_tokens_per_s"] or 0)
+        self.stages.mark("train", fp)
+        return trainer.model
+
+    def _load_final(self, base_model):
+        if self.cfg.student.lora.enabled:
+            from peft import PeftModel
+
+            return PeftModel.from_pretrained(base_model, str(self.paths.final_model))
+        return type(base_model).from_pretrained(str(self.paths.final_model))
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        dump_config(cfg, self.paths.config)
+        t_start = time.time()
+        questions, rationales = self.stage_data()
+        model, tokenizer = load_student(cfg.student.name)
+        examples = self.stage_encode(tokenizer, questions, rationales)
+        summary: dict = {"name": cfg.name, "method": cfg.train.method, "run_dir": str(self.paths.root)}
+        if cfg.eval.zero_shot:
+            summary["zero_shot"] = self.stage_eval("zero-shot", model, tokenizer, "zero-shot CoT (no distillation)")
+        model = self.stage_train(model, tokenizer, examples)
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()  # plain weights decode faster than an adapter
+        summary["results"] = self.stage_eval(cfg.train.method, model, tokenizer, method_label(cfg))
+        summary["timings_s"] = {k: round(v, 1) for k, v in self.timings.items()}
+        summary["wall_s"] = round(time.time() - t_start, 1)
+        (self.paths.root / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        return summary
+
+
+def method_label(cfg: RunConfig) -> str:
+    return {"plain": "plain CoT distillation", "kpod": "KPOD"}.get(cfg.train.method, cfg.train.method)

@@ -1,0 +1,167 @@
+"""Inputs and settings of the rationale token weighting stage (KPOD Sec. 3.3, Eqs. 2-7).
+
+`WeightingExample` is one training item in the student's token ids; `WeightingConfig` holds every knob
+of the weighting module and of its training loop, each with the reason for its default. The defaults
+were chosen by measurement on the synthetic keypoint tasks of `tests/test_weighting.py` (see the
+docstring of `kpod.weighting.train` for the numbers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+@dataclass
+class WeightingExample:
+    """One rationale to weight, as token ids of the student's tokenizer.
+
+    `rationale_ids` are the teacher rationale's tokens (the ones that get a weight); `answer_ids` are the
+    answer text's tokens (for example " 32."), the only tokens the answer predictor is scored on.
+    """
+
+    question_ids: list[int]
+    rationale_ids: list[int]
+    answer_ids: list[int]
+
+
+MaskRepresentation = Literal["mask_embedding", "zero", "drop"]
+PredictorMode = Literal["frozen", "lora", "full"]
+TemperatureSchedule = Literal["exponential", "linear", "constant"]
+MaskLossNormalisation = Literal["per_token", "sum"]
+
+
+class WeightingConfig(BaseModel):
+    """Settings of the token weighting module and of its training (paper: alpha = 0.5, the rest unstated)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # --- the loss (Eqs. 5-7) ---
+    alpha: float = Field(
+        0.5,
+        ge=0.0,
+        description="Weight of the mask-ratio loss L_m in L = L_p + alpha * L_m (Eq. 7; paper: 0.5). "
+        "0 keeps every token (no pressure to mask); large values mask everything, keypoints included.",
+    )
+    mask_loss_normalisation: MaskLossNormalisation = Field(
+        "per_token",
+        description="'per_token': L_m = mean_j m_j and L_p = mean over prefix lengths of the answer NLL; "
+        "'sum': L_m = sum_j m_j and L_p = sum over all prefix lengths (Eqs. 5-6 literally, estimated as "
+        "(L+1) x the sampled mean). Both give the same keep/mask trade-off per token (the ratio of the two "
+        "terms is the same); 'sum' only weighs each rationale by its length, which makes the step size "
+        "depend on rationale length, so 'per_token' is the default.",
+    )
+    num_prefix_lengths: int = Field(
+        2,
+        ge=1,
+        description="Prefix lengths k sampled per example and step for Eq. 5 (uniform over 0..L, with "
+        "replacement: an unbiased estimate of the mean over all L+1 prefixes). More = less variance, "
+        "proportionally more predictor compute.",
+    )
+
+    # --- the module (Eqs. 2-3) ---
+    hidden_size: int = Field(
+        128,
+        ge=8,
+        description="Width of the self-attention layer; the frozen input embedding is projected to it. "
+        "Small is enough: the module only has to tell keypoints from filler.",
+    )
+    num_heads: int = Field(4, ge=1, description="Attention heads of the self-attention layer (must divide hidden_size).")
+    mlp_hidden_size: int = Field(128, ge=1, description="Hidden width of the two-layer MLP weight generator f_w (Eq. 3).")
+    use_positions: bool = Field(
+        True,
+        description="Add sinusoidal position encodings before the self-attention layer. Without them the "
+        "layer sees the rationale as a bag of tokens, so two equal tokens always get the same weight.",
+    )
+    initial_keep_probability: float = Field(
+        0.9,
+        gt=0.0,
+        lt=1.0,
+        description="Initial w_j (set through the bias of f_w's last layer). Starting near 1 lets the "
+        "predictor see nearly whole rationales first; near 0.5 starts from maximal sampling noise.",
+    )
+
+    # --- the mask (Eq. 4) ---
+    mask_representation: MaskRepresentation = Field(
+        "mask_embedding",
+        description="How a masked token reaches the predictor. 'mask_embedding': its input embedding is "
+        "replaced by one learned vector (m_j * emb_j + (1 - m_j) * mask_vec); 'zero': replaced by zeros; "
+        "'drop': removed from the sequence (positions close up). 'drop' gives gradients only through kept "
+        "tokens (a masked token's embedding is absent, so its gradient comes from L_m alone in that step).",
+    )
+    hard_mask: bool = Field(
+        True,
+        description="True: hard 0/1 samples in the forward pass with the relaxed sample's gradient "
+        "(straight-through). False: the relaxed sample itself (values in (0, 1)) goes forward.",
+    )
+    temperature_start: float = Field(1.0, gt=0.0, description="Gumbel-Softmax temperature at the first step.")
+    temperature_end: float = Field(
+        0.5,
+        gt=0.0,
+        description="Gumbel-Softmax temperature at the last step. Samples are hard (straight-through) at "
+        "every temperature; the temperature only scales the surrogate gradient, which grows as 1/tau, so "
+        "very low end values make late steps noisy.",
+    )
+    temperature_schedule: TemperatureSchedule = Field(
+        "exponential",
+        description="How the temperature goes from start to end over the training steps: 'exponential' "
+        "(geometric), 'linear', or 'constant' (stays at temperature_start).",
+    )
+
+    # --- the answer predictor (Eq. 5) ---
+    predictor_mode: PredictorMode = Field(
+        "full",
+        description="Which predictor parameters train with the module: 'frozen' (none; gradients still "
+        "flow through it to the module), 'lora' (LoRA adapters, see lora_rank), 'full' (all). The paper "
+        "fine-tunes a pre-trained FlanT5-Large; 'frozen' only works if the predictor already answers from "
+        "question + rationale.",
+    )
+    predictor_warmup_steps: int = Field(
+        0,
+        ge=0,
+        description="Steps that train only the predictor on unmasked rationales (random prefixes, no mask) "
+        "before the joint training, so that it learns the prompt format first. Ignored when frozen.",
+    )
+    copy_predictor: bool = Field(
+        True,
+        description="Train a deep copy of the predictor, leaving the caller's model unchanged (LoRA and "
+        "full modes change weights; LoRA injects layers). Set False to save memory when the predictor "
+        "is a throwaway model.",
+    )
+    lora_rank: int = Field(16, ge=1, description="LoRA rank when predictor_mode is 'lora'.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling alpha when predictor_mode is 'lora'.")
+
+    # --- optimisation ---
+    lr: float = Field(3e-3, gt=0.0, description="Adam learning rate of the weighting module and the mask vector.")
+    predictor_lr: float = Field(
+        1e-3,
+        gt=0.0,
+        description="Adam learning rate of the trainable predictor parameters. For a real pre-trained "
+        "predictor use about 1e-4 (LoRA) or 1e-5 (full); the default suits tiny models trained from scratch.",
+    )
+    batch_size: int = Field(16, ge=1, description="Rationales per step; each contributes num_prefix_lengths predictor rows.")
+    epochs: int = Field(3, ge=1, description="Passes over the examples (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, ge=1, description="Joint training steps; overrides epochs when set.")
+    grad_clip: float = Field(1.0, gt=0.0, description="Max global gradient norm per step.")
+    seed: int = Field(0, description="Seeds module init, batch order, Gumbel noise and prefix sampling.")
+
+    # --- lengths ---
+    max_question_tokens: int = Field(256, ge=1, description="Question tokens kept in training (the tail is cut).")
+    max_rationale_tokens: int = Field(
+        384,
+        ge=1,
+        description="Rationale tokens used in training (the tail is cut). Inference weights every token "
+        "of every rationale, however long.",
+    )
+    max_answer_tokens: int = Field(16, ge=1, description="Answer tokens scored in training (the tail is cut).")
+    inference_batch_size: int = Field(64, ge=1, description="Rationales per batch when computing the final weights.")
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> "WeightingConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}"
+            )
+        return self

@@ -1,0 +1,146 @@
+"""Datasets with the paper's exact splits, user JSONL, and the released rationale sets (no dev/test leakage)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kpod.data.custom import load_user_jsonl
+from kpod.data.datasets import load_split, split_counts
+from kpod.data.rationales import assert_no_leakage, import_rationales, normalise_text
+from kpod.data.records import DataError, Rationale
+
+PAPER_COUNTS = {
+    "gsm8k": {"train": 7473, "dev": 660, "test": 659},
+    "asdiv": {"train": 1462, "dev": 313, "test": 314},
+    "svamp": {"train": 700, "dev": 150, "test": 150},
+    "csqa": {"train": 8520, "dev": 1221, "test": 1221},
+}
+
+
+def test_shipped_svamp_has_the_paper_split():
+    splits = {s: load_split("svamp", s) for s in ("train", "dev", "test")}
+    assert {s: len(v) for s, v in splits.items()} == PAPER_COUNTS["svamp"]
+    ids = [q.id for v in splits.values() for q in v]
+    assert len(set(ids)) == len(ids)  # splits are disjoint
+    first = splits["test"][0]
+    assert first.id == "chal-429" and first.answer == "111"  # gold 111.0 normalised
+    assert first.question.startswith("Jack received") or first.question  # Body + " " + Question
+    assert all(q.question and q.answer for v in splits.values() for q in v)
+
+
+def test_all_four_datasets_have_the_paper_counts(shared_data):
+    counts = split_counts(shared_data)
+    assert counts == PAPER_COUNTS
+
+
+def test_ids_are_stable_and_gold_answers_are_normalised(shared_data):
+    gsm = load_split("gsm8k", "test", shared_data)
+    assert gsm[0].id == "gsm8k-test-0" and gsm[0].answer == "18"
+    assert all("," not in q.answer for q in load_split("gsm8k", "train", shared_data))
+    asdiv = {q.id: q for q in load_split("asdiv", "train", shared_data)}
+    assert asdiv["nluds-0004"].answer == "6"  # "6 (balloons)"
+    csqa = load_split("csqa", "test", shared_data)
+    assert len(csqa[0].choices) == 5 and csqa[0].answer in "ABCDE"
+
+
+def test_unknown_dataset_and_split_are_clear_errors():
+    with pytest.raises(DataError, match="unknown dataset 'gsm9k'.*svamp"):
+        load_split("gsm9k", "train")
+    with pytest.raises(DataError, match="unknown split"):
+        load_split("svamp", "validation")
+
+
+def test_missing_dataset_file_names_it(tmp_path):
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits" / "kpod_splits.json").write_text(json.dumps({"gsm8k": {"train": {"ids": [0]}}}))
+    with pytest.raises(DataError, match="raw/gsm8k/train.jsonl"):
+        load_split("gsm8k", "train", tmp_path)
+
+
+# ----------------------------------------------------------------------------- user JSONL
+def _write(tmp_path, lines):
+    p = tmp_path / "mine.jsonl"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def test_user_jsonl_reads_questions_and_rationales(tmp_path):
+    p = _write(tmp_path, [
+        json.dumps({"question": "2 + 3?", "answer": "5", "rationale": "2 + 3 = 5. The answer is 5."}),
+        json.dumps({"id": "q2", "question": "1,000 + 1?", "answer": "1,001",
+                    "rationales": ["1000 + 1 = 1001. The answer is 1,001.", "It is 1000."]}),
+    ])
+    qs, rs = load_user_jsonl(p, "number")
+    assert [q.id for q in qs] == ["mine-1", "q2"] and [q.answer for q in qs] == ["5", "1001"]
+    assert [(r.id, r.sample, r.correct) for r in rs] == [("mine-1", 0, True), ("q2", 0, True), ("q2", 1, False)]
+
+
+def test_user_jsonl_choice_correctness(tmp_path):
+    p = _write(tmp_path, [json.dumps({"id": "q2", "question": "Pick", "answer": "B", "choices": ["x", "y"],
+                                      "rationales": ["It is y. So the answer is (b).", "It is x. So the answer is (a)."]})])
+    qs, rs = load_user_jsonl(p, "choice")
+    assert qs[0].answer == "B" and [r.correct for r in rs] == [True, False]
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"question": "a?", "answer": 1', "mine.jsonl:2: malformed JSON"),
+        ('{"answer": "3"}', "mine.jsonl:2: missing field 'question'"),
+        ('{"question": "  ", "answer": "3"}', "mine.jsonl:2: empty question"),
+        ('{"question": "q", "answer": "three-ish"}', "mine.jsonl:2: cannot read answer"),
+        ('[1, 2]', "mine.jsonl:2: expected a JSON object"),
+    ],
+)
+def test_bad_user_jsonl_names_file_and_line(tmp_path, line, message):
+    p = _write(tmp_path, [json.dumps({"question": "ok?", "answer": "1"}), line])
+    with pytest.raises(DataError, match=message):
+        load_user_jsonl(p, "number")
+
+
+# ----------------------------------------------------------------------------- released rationales
+def test_gpt35_svamp_rationales_are_train_only_and_counted():
+    rationales, report = import_rationales("svamp", "gpt35")
+    assert report["read"] == len(rationales) == 1953
+    assert report["train_questions_with_correct_rationale"] == 651
+    train_ids = {q.id for q in load_split("svamp", "train")}
+    assert {r.id for r in rationales} <= train_ids
+    per_q = {}
+    for r in rationales:
+        per_q.setdefault(r.id, []).append(r.sample)
+    assert all(sorted(v) == list(range(len(v))) for v in per_q.values())  # several kept per question
+    assert_no_leakage(rationales, "svamp")
+
+
+def test_palm_svamp_release_covers_test_questions_and_they_are_dropped(shared_data):
+    rationales, report = import_rationales("svamp", "palm", shared_data)
+    # The release was made on another split: 300 of its 1000 questions are KPOD dev/test questions.
+    assert report["dropped_not_in_train_split"] == 300
+    held = {normalise_text(q.question) for s in ("dev", "test") for q in load_split("svamp", s, shared_data)}
+    texts = {q.id: normalise_text(q.question) for q in load_split("svamp", "train", shared_data)}
+    assert not any(texts[r.id] in held for r in rationales)
+    assert not any("\nQ:" in r.rationale for r in rationales)  # run-on few-shot text cut
+    assert 0 < report["dropped_wrong_answer"] < report["rationales"]
+
+
+def test_leakage_guard_raises(shared_data):
+    bad = Rationale(id="chal-429", rationale="x", teacher="t", answer="1", gold="1", correct=True)
+    with pytest.raises(DataError, match="dev/test"):
+        assert_no_leakage([bad], "svamp", shared_data)
+
+
+def test_llama3_gsm8k_inconsistent_reasoning_is_dropped(shared_data):
+    rationales, report = import_rationales("gsm8k", "llama3", shared_data)
+    assert report["of_which_inconsistent_reasoning"] > 0
+    flagged = [r for r in rationales if r.meta.get("inconsistent_reasoning")]
+    assert flagged and not any(r.correct for r in flagged)
+    assert report["correct"] + report["dropped_wrong_answer"] == report["rationales"]
+
+
+def test_csqa_palm_rationales_cover_train_only(shared_data):
+    rationales, report = import_rationales("csqa", "palm", shared_data)
+    assert report["rationales"] == 8520 and report["dropped_not_in_train_split"] == 1221
+    accuracy = report["correct"] / report["rationales"]
+    assert 0.6 < accuracy < 0.9  # about 76 % of PaLM's CSQA answers are right (data README)
