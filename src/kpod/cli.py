@@ -51,16 +51,16 @@ def cmd_eval(args) -> int:
     from kpod.evaluation.evaluate import evaluate_questions
     from kpod.models import load_student
 
-    model, tok = load_student(args.model)
-    if args.adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, args.adapter).merge_and_unload()
     if args.file:
         questions, kind = load_user_jsonl(args.file, args.answer_type)[0], args.answer_type
     else:
         questions, kind = load_split(args.dataset, args.split, args.data_dir), args.dataset
     questions = questions[: args.max_examples]
+    model, tok = load_student(args.model)
+    if args.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, args.adapter).merge_and_unload()
     out_dir = Path(args.out) if args.out else None
     res = evaluate_questions(model, tok, questions, dataset=kind, split=args.split, out_dir=out_dir,
                              method=args.method, model_name=args.model, batch_size=args.batch_size,

@@ -75,6 +75,13 @@ class WeightingConfig(BaseModel):
         description="Add sinusoidal position encodings before the self-attention layer. Without them the "
         "layer sees the rationale as a bag of tokens, so two equal tokens always get the same weight.",
     )
+    logit_bound: float = Field(
+        6.0,
+        gt=0.0,
+        description="Keep logits are bounded softly to (-b, b) (b * tanh(z / b)), so w lies in "
+        "(sigmoid(-b), sigmoid(b)) = (0.0025, 0.9975) for b = 6. Without a bound the mask loss keeps "
+        "pushing already-masked filler down through the shared layers and can drag keypoints along.",
+    )
     initial_keep_probability: float = Field(
         0.9,
         gt=0.0,

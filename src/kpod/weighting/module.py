@@ -44,6 +44,7 @@ class TokenWeightingModule(nn.Module):
         self.register_buffer("embedding_table", table.detach().float().clone(), persistent=False)
         embed_dim = table.shape[1]
         self.use_positions = config.use_positions
+        self.logit_bound = config.logit_bound
         self.input_projection = nn.Linear(embed_dim, config.hidden_size)
         # Pre-trained embeddings can be tiny (std 0.02 at init); normalising makes token identity O(1)
         # whatever the source model, so that it is not drowned by the position signal.
@@ -62,7 +63,10 @@ class TokenWeightingModule(nn.Module):
         last = self.weight_generator[-1]
         nn.init.normal_(last.weight, std=1e-3)
         p = config.initial_keep_probability
-        nn.init.constant_(last.bias, math.log(p / (1.0 - p)))
+        logit = math.log(p / (1.0 - p))
+        if abs(logit) >= config.logit_bound:
+            raise ValueError(f"initial_keep_probability={p} lies outside the logit bound {config.logit_bound}")
+        nn.init.constant_(last.bias, config.logit_bound * math.atanh(logit / config.logit_bound))
 
     def logits(self, token_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Keep logits z_j with w_j = sigmoid(z_j).
@@ -78,7 +82,10 @@ class TokenWeightingModule(nn.Module):
         padding = attention_mask == 0
         attended, _ = self.attention(h, h, h, key_padding_mask=padding, need_weights=False)
         e = x + attended  # Eq. 2
-        return self.weight_generator(self.mlp_norm(e)).squeeze(-1)  # Eq. 3 before the sigmoid
+        raw = self.weight_generator(self.mlp_norm(e)).squeeze(-1)  # Eq. 3 before the sigmoid
+        # A soft bound: the many filler tokens cannot be pushed towards -inf through the shared layers
+        # (which drags the few keypoints down with them), and w stays strictly inside (0, 1).
+        return self.logit_bound * torch.tanh(raw / self.logit_bound)
 
     def forward(self, token_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Keep probabilities w = sigmoid(z), shape [B, L] (Eq. 3)."""

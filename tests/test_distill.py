@@ -1,0 +1,145 @@
+"""Encoding, labels of given steps, the token-weighted loss (fast path == reference path), and the Trainer."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from kpod.config import TrainConfig
+from kpod.data.datasets import load_split
+from kpod.data.rationales import import_rationales
+from kpod.distill.dataset import IGNORE, DistillDataset, PadCollator
+from kpod.distill.examples import encode_examples
+from kpod.distill.loss import causal_lm_loss, reference_causal_lm_loss, seq2seq_loss, weighted_nll
+from kpod.distill.trainer import build_trainer, run_training
+from kpod.models import build_tiny_model
+
+
+@pytest.fixture(scope="module")
+def svamp_examples(smol_tokenizer):
+    questions = {q.id: q for q in load_split("svamp", "train")}
+    rationales = [r for r in import_rationales("svamp", "gpt35")[0] if r.sample == 0][:24]
+    examples, report = encode_examples(smol_tokenizer, questions, rationales, max_length=384, progress=False)
+    return examples, report
+
+
+def test_encoding_keeps_steps_and_answer_apart(svamp_examples, smol_tokenizer):
+    examples, report = svamp_examples
+    assert report["examples"] + sum(report["skipped"].values()) == 24
+    for ex in examples:
+        assert ex.target_ids[-1] == smol_tokenizer.eos_token_id
+        assert ex.step_spans[0][0] == 0 and ex.step_spans[-1][1] <= ex.answer_start
+        answer = smol_tokenizer.decode(ex.target_ids[ex.answer_start:], skip_special_tokens=True)
+        assert answer.strip().startswith("Therefore, the answer is")
+
+
+def test_overlong_examples_are_counted_not_cut(smol_tokenizer):
+    questions = {q.id: q for q in load_split("svamp", "train")}
+    rationales = [r for r in import_rationales("svamp", "gpt35")[0] if r.sample == 0][:10]
+    examples, report = encode_examples(smol_tokenizer, questions, rationales, max_length=60, progress=False)
+    assert report["skipped"]["over_max_length"] == 10 - len(examples) > 0
+    assert all(len(e) <= 60 for e in examples)
+
+
+def test_given_steps_are_input_without_loss(svamp_examples):
+    examples, _ = svamp_examples
+    ex_i = next(i for i, e in enumerate(examples) if e.n_steps >= 3)
+    ex = examples[ex_i]
+    weights = [np.linspace(0.1, 0.9, e.answer_start).astype(np.float32) for e in examples]
+    ds = DistillDataset(examples, token_weights=weights)
+    item0 = ds[ex_i]
+    n_prompt = len(ex.prompt_ids)
+    assert item0["input_ids"] == ex.prompt_ids + ex.target_ids
+    assert all(l == IGNORE for l in item0["labels"][:n_prompt])
+    assert item0["labels"][n_prompt:] == ex.target_ids
+    ds.given_steps[ex_i] = 2
+    item2 = ds[ex_i]
+    start = ex.step_spans[2][0]
+    assert item2["input_ids"] == item0["input_ids"]  # given steps stay in the input
+    assert all(l == IGNORE for l in item2["labels"][: n_prompt + start])
+    assert item2["labels"][n_prompt + start:] == ex.target_ids[start:]
+    assert np.allclose(item2["weights"][n_prompt + start: n_prompt + ex.answer_start], weights[ex_i][start:])
+    assert all(w == 1.0 for w in item2["weights"][n_prompt + ex.answer_start:])  # answer term weighs 1
+    ds.given_steps[ex_i] = ex.n_steps
+    with pytest.raises(ValueError, match="given_steps"):
+        ds[ex_i]
+
+
+def test_weighted_nll_ignores_zero_weights_and_rejects_empty_batches():
+    logits = torch.randn(4, 7)
+    targets = torch.tensor([1, 2, 3, 4])
+    w = torch.tensor([1.0, 0.0, 0.5, 0.0])
+    nll = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    assert torch.allclose(weighted_nll(logits, targets, w, "tokens"), (nll[0] + 0.5 * nll[2]) / 4)
+    assert torch.allclose(weighted_nll(logits, targets, w, "weights"), (nll[0] + 0.5 * nll[2]) / 1.5)
+    with pytest.raises(ValueError, match="no supervised token"):
+        weighted_nll(logits[:0], targets[:0], w[:0], "tokens")
+
+
+def test_fast_loss_matches_full_logits_loss_and_gradients(svamp_examples, smol_tokenizer):
+    examples, _ = svamp_examples
+    model = build_tiny_model("llama", smol_tokenizer, seed=1)
+    ds = DistillDataset(examples[:4], token_weights=[np.random.RandomState(i).rand(e.answer_start).astype(np.float32)
+                                                     for i, e in enumerate(examples[:4])])
+    ds.given_steps[:] = [1, 0, 2, 1]
+    batch = PadCollator(smol_tokenizer.pad_token_id)([ds[i] for i in range(4)])
+    for norm in ("tokens", "weights"):
+        model.zero_grad()
+        fast = causal_lm_loss(model, batch, norm)
+        fast.backward()
+        g_fast = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        model.zero_grad()
+        ref = reference_causal_lm_loss(model, batch, norm)
+        ref.backward()
+        g_ref = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        assert torch.allclose(fast, ref, atol=1e-5)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g_fast, g_ref))
+
+
+def test_loss_changes_when_a_step_is_given(svamp_examples, smol_tokenizer):
+    examples, _ = svamp_examples
+    model = build_tiny_model("llama", smol_tokenizer, seed=1)
+    ds = DistillDataset(examples[:2])
+    collate = PadCollator(smol_tokenizer.pad_token_id)
+    full = causal_lm_loss(model, collate([ds[0], ds[1]]))
+    ds.given_steps[:] = [1, 1]
+    partial = causal_lm_loss(model, collate([ds[0], ds[1]]))
+    assert not torch.isclose(full, partial)
+
+
+def test_seq2seq_student_keeps_given_steps_in_the_decoder_input(svamp_examples, smol_tokenizer):
+    examples, _ = svamp_examples
+    model = build_tiny_model("t5", smol_tokenizer)
+    ds = DistillDataset(examples[:2], seq2seq=True, decoder_start_token_id=model.config.decoder_start_token_id)
+    ds.given_steps[:] = [1, 1]
+    item = ds[0]
+    assert item["decoder_input_ids"][1:] == examples[0].target_ids[:-1]
+    batch = PadCollator(smol_tokenizer.pad_token_id)([ds[0], ds[1]])
+    loss = seq2seq_loss(model, batch)
+    assert torch.isfinite(loss) and loss.item() > 0
+
+
+def test_trainer_learns_checkpoints_and_resumes(svamp_examples, smol_tokenizer, tmp_path):
+    examples, _ = svamp_examples
+    cfg = TrainConfig(epochs=1, batch_size=4, lr=3e-3, warmup_steps=0, save_steps=2, logging_steps=1)
+    model = build_tiny_model("llama", smol_tokenizer, seed=0)
+    before = [p.detach().clone() for p in model.parameters()]
+    ds = DistillDataset(examples[:16])
+    trainer = build_trainer(model, smol_tokenizer, ds, cfg, tmp_path / "train", seed=0)
+    summary = run_training(trainer, tmp_path / "train", tmp_path / "final")
+    assert summary["global_steps"] == 4 and len(summary["loss_curve"]) == 4
+    assert summary["loss_curve"][-1]["loss"] < summary["loss_curve"][0]["loss"]
+    assert (tmp_path / "train" / "checkpoint-4").exists() and (tmp_path / "final").exists()
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert json.loads((tmp_path / "train" / "summary.json").read_text())["tokens_this_run"] > 0
+
+    # A second run for 2 epochs resumes from checkpoint-4 and only does the remaining 4 steps.
+    cfg2 = cfg.model_copy(update={"epochs": 2})
+    model2 = build_tiny_model("llama", smol_tokenizer, seed=0)
+    trainer2 = build_trainer(model2, smol_tokenizer, DistillDataset(examples[:16]), cfg2, tmp_path / "train", seed=0)
+    summary2 = run_training(trainer2, tmp_path / "train", tmp_path / "final")
+    assert summary2["resumed_from"] == "checkpoint-4"
+    assert summary2["global_steps"] == 8 and summary2["steps_this_run"] == 4

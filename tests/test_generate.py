@@ -1,0 +1,49 @@
+"""Batched greedy generation: same outputs as one-at-a-time, per-sequence stopping, no wasted decoding."""
+
+from __future__ import annotations
+
+import torch
+
+from kpod.evaluation.generate import ANSWER_DONE, StopRule, generate, trim_output
+from kpod.models import build_tiny_model
+
+
+def test_answer_sentence_detection():
+    assert ANSWER_DONE.search("So 2+3=5. Therefore, the answer is 5. Q")
+    assert ANSWER_DONE.search("the answer is 5.\n")
+    assert not ANSWER_DONE.search("Therefore, the answer is 3.")  # might still become 3.5
+    assert not ANSWER_DONE.search("Therefore, the answer is 3.5")
+    assert StopRule({0}).finished("blah\nQ: next")
+    assert not StopRule({0}, stop_at_answer=False).finished("the answer is 5. And")
+    assert trim_output("x. The answer is 5. And more") == "x. The answer is 5."
+    assert trim_output("x = 2.\n\nQ: made up") == "x = 2."
+
+
+def test_batched_equals_one_at_a_time_and_computes_only_useful_tokens(smol_tokenizer):
+    torch.manual_seed(0)
+    model = build_tiny_model("llama", smol_tokenizer, seed=3)
+    prompts = ["Q: 1 + 1?\nA:", "Q: A much longer question about apples and pears and more?\nA:", "Q: x?\nA:",
+               "Q: How many?\nA: Let's think step by step."]
+    one, s1 = generate(model, smol_tokenizer, prompts, batch_size=1, max_new_tokens=12, progress=False)
+    many, s4 = generate(model, smol_tokenizer, prompts, batch_size=4, max_new_tokens=12, progress=False)
+    assert one == many
+    assert s4["useful_tokens"] == s1["useful_tokens"] == s4["computed_tokens"]
+
+
+def test_finished_sequences_leave_the_batch(smol_tokenizer):
+    """Make one prompt stop at once (its next token is forced to be the end token) and the others run on."""
+    model = build_tiny_model("llama", smol_tokenizer, seed=3)
+    eos = smol_tokenizer.eos_token_id
+    with torch.no_grad():  # bias the head so that after the token "STOP" the end token wins
+        model.lm_head.weight[eos] += 50 * model.model.embed_tokens.weight[smol_tokenizer.convert_tokens_to_ids("STOP")]
+    prompts = ["Q: go on\nA:", "Q: now STOP"]
+    outs, stats = generate(model, smol_tokenizer, prompts, batch_size=2, max_new_tokens=10, progress=False)
+    assert stats["useful_tokens"] == stats["computed_tokens"]
+    assert stats["computed_tokens"] < 2 * 10
+
+
+def test_seq2seq_generation_runs(smol_tokenizer):
+    model = build_tiny_model("t5", smol_tokenizer)
+    outs, stats = generate(model, smol_tokenizer, ["Q: 1 + 1?", "Q: 2?"], batch_size=2, max_new_tokens=5,
+                           progress=False)
+    assert len(outs) == 2 and stats["useful_tokens"] <= 10

@@ -1,0 +1,94 @@
+"""`kpod run` end to end on a tiny student: stages, resume from cache, results files, and CLI errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from kpod.cli import main
+from kpod.config import ConfigError, load_config
+
+
+def _config(tmp_path, student_dir, **extra):
+    cfg = {
+        "name": "tiny",
+        "run_dir": str(tmp_path / "run"),
+        "data": {"dataset": "svamp", "max_train_questions": 12},
+        "student": {"name": str(student_dir), "lora": {"rank": 4, "alpha": 8, "targets": ["q_proj", "v_proj"]}},
+        "train": {"epochs": 1, "batch_size": 4, "save_steps": 2, "warmup_steps": 0, "lr": 1e-3},
+        "eval": {"max_examples": 3, "max_new_tokens": 6, "batch_size": 3},
+    }
+    for key, value in extra.items():
+        cfg[key].update(value)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_run_writes_results_and_resumes(tmp_path, tiny_llama_dir, capsys):
+    path = _config(tmp_path, tiny_llama_dir, eval={"zero_shot": True})
+    assert main(["run", str(path), "--no-progress"]) == 0
+    run = tmp_path / "run"
+    stages = json.loads((run / "stages.json").read_text())
+    assert {"data", "encode", "train", "eval:zero-shot-test", "eval:plain-test"} <= set(stages)
+    res = json.loads((run / "eval" / "plain-test" / "results.json").read_text())
+    for key in ("dataset", "split", "n", "accuracy", "method", "model", "seed", "commit"):
+        assert key in res
+    assert res["n"] == 3 and res["dataset"] == "svamp" and 0 <= res["accuracy"] <= 100
+    preds = [json.loads(line) for line in (run / "eval" / "plain-test" / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 3 and {"id", "output", "extracted", "gold", "correct"} <= set(preds[0])
+    report = json.loads((run / "data" / "report.json").read_text())
+    assert report["train_questions_used"] == 12 and report["kept_rationales"] <= 12
+    assert (run / "config.yaml").exists() and (run / "train" / "final").exists()
+    assert "accuracy" in capsys.readouterr().out
+
+    # Re-running does no work: every stage is cached.
+    assert main(["run", str(path), "--no-progress"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["timings_s"] == {}
+
+    # A changed training setting re-runs training and evaluation, but not the data stages.
+    assert main(["run", str(path), "--no-progress", "--set", "train.lr=0.002"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert "train" in summary["timings_s"] and "data" not in summary["timings_s"]
+
+
+def test_full_fine_tuning_of_a_seq2seq_student(tmp_path, tiny_t5_dir):
+    path = _config(tmp_path, tiny_t5_dir, student={"lora": {"enabled": False}})
+    assert main(["run", str(path), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "run" / "eval" / "plain-test" / "results.json").read_text())["n"] == 3
+
+
+def test_config_errors_name_the_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: -1\n  optimiser: sgd\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(bad)
+    assert "train.epochs" in str(e.value) and "train.optimiser" in str(e.value)
+    (tmp_path / "nota.yaml").write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(tmp_path / "nota.yaml")
+
+
+def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    bad = tmp_path / "q.jsonl"
+    bad.write_text('{"question": "x", "answer": "1"}\n{oops\n')
+    assert main(["eval", "--model", "unused", "--file", str(bad)]) == 2
+    assert "q.jsonl:2: malformed JSON" in capsys.readouterr().err
+
+
+def test_data_stats_cli(capsys):
+    assert main(["data", "stats"]) == 0
+    counts = json.loads(capsys.readouterr().out)
+    assert counts["svamp"] == {"train": 700, "dev": 150, "test": 150}
+
+
+def test_shipped_configs_are_valid():
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
+        load_config(path)
