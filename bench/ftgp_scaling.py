@@ -66,8 +66,11 @@ def machine_info() -> dict:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
         ).stdout.strip()
+        dirty = bool(
+            subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        )
     except (OSError, subprocess.CalledProcessError):
-        commit = None
+        commit, dirty = None, None
     try:
         import numba
 
@@ -82,6 +85,7 @@ def machine_info() -> dict:
         "numpy": np.__version__,
         "numba": numba_version,
         "git_commit": commit,
+        "git_uncommitted_changes": dirty,
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -102,6 +106,18 @@ def loglog_slope(sizes, times) -> float | None:
     return float(np.polyfit(np.log(sizes), np.log(times), 1)[0])
 
 
+def predict_time(timed_runs, n) -> float | None:
+    """Extrapolate from the last two timed sizes with their log-log slope (at least 1)."""
+    if not timed_runs:
+        return None
+    if len(timed_runs) == 1:
+        (n0, t0), slope = timed_runs[-1], 1.0
+    else:
+        (n1, t1), (n0, t0) = timed_runs[-2:]
+        slope = max(1.0, float(np.log(t0 / t1) / np.log(n0 / n1)))
+    return t0 * (n / n0) ** slope
+
+
 def run(sizes, eps_values, repeats, python_max_n, seed) -> dict:
     backend = "numba" if numba_available() else "python"
     result = {
@@ -110,22 +126,23 @@ def run(sizes, eps_values, repeats, python_max_n, seed) -> dict:
             "budget_fraction": BUDGET_FRACTION, "cost_distribution": f"Gamma(shape={GAMMA_SHAPE}, scale=1)",
             "repeats": repeats, "seed": seed, "instance_seed": "seed + n", "backend": backend,
             "python_backend_max_n": python_max_n, "greedy_time_limit_s": GREEDY_LIMIT_S,
+            "greedy_skip_rule": "skip a size when extrapolation from the last two timed sizes exceeds the limit",
         },
         "machine": machine_info(),
         "numba_compile_s": compile_time() if backend == "numba" else None,
         "ftgp": [], "greedy": [], "python_backend": [],
     }
-    greedy_rate = None  # seconds per element seen so far, to predict whether the next size fits the limit
+    greedy_times = []  # (n, seconds) of the timed greedy runs, to predict whether the next size fits the limit
     for n in sizes:
         cost, cluster, budget = make_instance(n, seed + n)
         reps = repeats if n < 10**6 else max(1, min(repeats, 3))
         greedy_row = {"n": n}
-        predicted = None if greedy_rate is None else greedy_rate * n * 1.3
+        predicted = predict_time(greedy_times, n)
         if predicted is not None and predicted > GREEDY_LIMIT_S:
             greedy_row.update(skipped=True, reason=f"predicted {predicted:.0f} s > {GREEDY_LIMIT_S:.0f} s")
         else:
             t, times, g = timed(lambda: greedy_select_detailed(cost, cluster, budget, BETA), 1 if n >= 10**5 else reps)
-            greedy_rate = t / n
+            greedy_times.append((n, t))
             greedy_row.update(
                 time_s=t, times_s=times, queries=g.queries, queries_per_n=g.queries / n, value=g.objective,
                 cost=g.cost, num_selected=int(g.mask.sum()),
@@ -172,7 +189,8 @@ def to_markdown(result: dict) -> str:
         f"{c['budget_fraction']:.0%} of sum(a), beta = {c['beta']}; backend {c['backend']}; median of "
         f"{c['repeats']} runs (at most 3 at n = 1e6); greedy: 1 run for n >= 1e5.",
         f"Machine: {m['cpu_model']}, {m['cpu_count']} cores; Python {m['python']}, numpy {m['numpy']}, "
-        f"numba {m['numba']}; commit {m['git_commit'] or 'none'}; {m['date_utc']}.",
+        f"numba {m['numba']}; commit {m['git_commit'] or 'none'}"
+        f"{' (plus uncommitted changes)' if m['git_uncommitted_changes'] else ''}; {m['date_utc']}.",
         f"numba compile time (excluded below): {result['numba_compile_s']:.2f} s."
         if result["numba_compile_s"] is not None else "numba not available: pure-Python passes.",
         "",

@@ -11,7 +11,7 @@ import torch
 from kpod.config import TrainConfig
 from kpod.data.datasets import load_split
 from kpod.data.rationales import import_rationales
-from kpod.distill.dataset import IGNORE, DistillDataset, PadCollator
+from kpod.distill.dataset import IGNORE, DistillDataset, PadCollator, hide_given_steps
 from kpod.distill.examples import encode_examples
 from kpod.distill.loss import causal_lm_loss, reference_causal_lm_loss, seq2seq_loss, weighted_nll
 from kpod.distill.trainer import build_trainer, run_training
@@ -44,28 +44,33 @@ def test_overlong_examples_are_counted_not_cut(smol_tokenizer):
     assert all(len(e) <= 60 for e in examples)
 
 
-def test_given_steps_are_input_without_loss(svamp_examples):
+def _batch(ds, indices, given, pad):
+    batch = PadCollator(pad)([ds[i] for i in indices])
+    return hide_given_steps(batch, ds.first_supervised(indices, given))
+
+
+def test_given_steps_are_input_without_loss(svamp_examples, smol_tokenizer):
     examples, _ = svamp_examples
     ex_i = next(i for i, e in enumerate(examples) if e.n_steps >= 3)
     ex = examples[ex_i]
     weights = [np.linspace(0.1, 0.9, e.answer_start).astype(np.float32) for e in examples]
     ds = DistillDataset(examples, token_weights=weights)
-    item0 = ds[ex_i]
+    pad = smol_tokenizer.pad_token_id
     n_prompt = len(ex.prompt_ids)
-    assert item0["input_ids"] == ex.prompt_ids + ex.target_ids
-    assert all(l == IGNORE for l in item0["labels"][:n_prompt])
-    assert item0["labels"][n_prompt:] == ex.target_ids
-    ds.given_steps[ex_i] = 2
-    item2 = ds[ex_i]
+    full = _batch(ds, [ex_i], [0], pad)
+    assert full["input_ids"][0].tolist() == ex.prompt_ids + ex.target_ids
+    assert (full["labels"][0, :n_prompt] == IGNORE).all()
+    assert full["labels"][0, n_prompt:].tolist() == ex.target_ids
+    given = _batch(ds, [ex_i], [2], pad)
     start = ex.step_spans[2][0]
-    assert item2["input_ids"] == item0["input_ids"]  # given steps stay in the input
-    assert all(l == IGNORE for l in item2["labels"][: n_prompt + start])
-    assert item2["labels"][n_prompt + start:] == ex.target_ids[start:]
-    assert np.allclose(item2["weights"][n_prompt + start: n_prompt + ex.answer_start], weights[ex_i][start:])
-    assert all(w == 1.0 for w in item2["weights"][n_prompt + ex.answer_start:])  # answer term weighs 1
-    ds.given_steps[ex_i] = ex.n_steps
+    assert torch.equal(given["input_ids"], full["input_ids"])  # given steps stay in the input
+    assert (given["labels"][0, : n_prompt + start] == IGNORE).all()
+    assert given["labels"][0, n_prompt + start:].tolist() == ex.target_ids[start:]
+    assert (given["weights"][0, : n_prompt + start] == 0).all()
+    assert np.allclose(given["weights"][0, n_prompt + start: n_prompt + ex.answer_start].numpy(), weights[ex_i][start:])
+    assert (given["weights"][0, n_prompt + ex.answer_start:] == 1.0).all()  # the answer term weighs 1
     with pytest.raises(ValueError, match="given_steps"):
-        ds[ex_i]
+        ds.first_supervised([ex_i], [ex.n_steps])
 
 
 def test_weighted_nll_ignores_zero_weights_and_rejects_empty_batches():
@@ -84,8 +89,8 @@ def test_fast_loss_matches_full_logits_loss_and_gradients(svamp_examples, smol_t
     model = build_tiny_model("llama", smol_tokenizer, seed=1)
     ds = DistillDataset(examples[:4], token_weights=[np.random.RandomState(i).rand(e.answer_start).astype(np.float32)
                                                      for i, e in enumerate(examples[:4])])
-    ds.given_steps[:] = [1, 0, 2, 1]
-    batch = PadCollator(smol_tokenizer.pad_token_id)([ds[i] for i in range(4)])
+    given = [min(g, examples[i].n_steps - 1) for i, g in enumerate([1, 0, 2, 1])]
+    batch = _batch(ds, [0, 1, 2, 3], given, smol_tokenizer.pad_token_id)
     for norm in ("tokens", "weights"):
         model.zero_grad()
         fast = causal_lm_loss(model, batch, norm)
@@ -102,22 +107,21 @@ def test_fast_loss_matches_full_logits_loss_and_gradients(svamp_examples, smol_t
 def test_loss_changes_when_a_step_is_given(svamp_examples, smol_tokenizer):
     examples, _ = svamp_examples
     model = build_tiny_model("llama", smol_tokenizer, seed=1)
-    ds = DistillDataset(examples[:2])
-    collate = PadCollator(smol_tokenizer.pad_token_id)
-    full = causal_lm_loss(model, collate([ds[0], ds[1]]))
-    ds.given_steps[:] = [1, 1]
-    partial = causal_lm_loss(model, collate([ds[0], ds[1]]))
+    i, j = [k for k, e in enumerate(examples) if e.n_steps >= 2][:2]
+    ds = DistillDataset(examples)
+    full = causal_lm_loss(model, _batch(ds, [i, j], [0, 0], smol_tokenizer.pad_token_id))
+    partial = causal_lm_loss(model, _batch(ds, [i, j], [1, 1], smol_tokenizer.pad_token_id))
     assert not torch.isclose(full, partial)
 
 
 def test_seq2seq_student_keeps_given_steps_in_the_decoder_input(svamp_examples, smol_tokenizer):
     examples, _ = svamp_examples
     model = build_tiny_model("t5", smol_tokenizer)
-    ds = DistillDataset(examples[:2], seq2seq=True, decoder_start_token_id=model.config.decoder_start_token_id)
-    ds.given_steps[:] = [1, 1]
-    item = ds[0]
-    assert item["decoder_input_ids"][1:] == examples[0].target_ids[:-1]
-    batch = PadCollator(smol_tokenizer.pad_token_id)([ds[0], ds[1]])
+    i, j = [k for k, e in enumerate(examples) if e.n_steps >= 2][:2]
+    ds = DistillDataset(examples, seq2seq=True, decoder_start_token_id=model.config.decoder_start_token_id)
+    batch = _batch(ds, [i, j], [1, 1], smol_tokenizer.pad_token_id)
+    assert batch["decoder_input_ids"][0, 1: len(examples[i].target_ids)].tolist() == examples[i].target_ids[:-1]
+    assert (batch["labels"][0, : examples[i].step_spans[1][0]] == IGNORE).all()
     loss = seq2seq_loss(model, batch)
     assert torch.isfinite(loss) and loss.item() > 0
 

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kpod.data.prompts import DEFAULT_PROMPT, DEFAULT_TARGET
+from kpod.weighting.config import WeightingConfig
 
 
 class Strict(BaseModel):
@@ -84,6 +85,26 @@ class EvalConfig(Strict):
     zero_shot: bool = Field(False, description="also evaluate the un-distilled student (the 'no distillation' row)")
 
 
+class KpodSettings(Strict):
+    """KPOD's own settings (paper defaults). The four switches reproduce the paper's ablations."""
+
+    token_weights: bool = Field(True, description="learn token significance weights (Sec. 3.3); false = the 'w.o.-sig' ablation (every weight 1)")
+    weighted_difficulty: bool = Field(True, description="step difficulty weighs tokens by softmax(w) (Eq. 8); false = 'w.o.-sig-dif' (plain mean)")
+    progressive: bool = Field(True, description="progressive schedule; false = 'w.o.-prog' (whole rationale every stage, weights kept)")
+    beta: float = Field(12.0, ge=0, description="diversity weight in F(S) (Eq. 12); 0 = 'w.o.-div'")
+    clusters: int = Field(5, ge=1, description="K-means clusters of GloVe question embeddings (K)")
+    c0_fraction: float = Field(0.3, ge=0, le=1, description="C0 as a fraction of the total difficulty B (D(0) = C0)")
+    p: float = Field(0.5, gt=-1, description="growth exponent of D(t) (Eq. 10)")
+    full_difficulty_stage: int | None = Field(None, ge=1, description="stage T at which every question is fully generated; default half the stages")
+    delta_s: int = Field(1, ge=1, description="steps revealed per selected question per stage")
+    ftgp_eps: float = Field(0.1, gt=0, lt=0.5, description="FTGP accuracy parameter eps (approximation 1/2 - eps)")
+    scan_order: Literal["index", "permuted"] = Field("index", description="FTGP scan order (permuted: seeded per stage)")
+    zero_cost: Literal["exclude", "include"] = Field("exclude", description="whether finished questions (c_i = 0) stay FTGP candidates")
+    stages: int | None = Field(None, ge=1, description="schedule stages; default one per epoch (the paper). More stages than epochs = shorter stages")
+    difficulty_batch_size: int = Field(16, ge=1, description="rationales per forward pass when scoring step difficulty")
+    weighting: WeightingConfig = Field(default_factory=WeightingConfig, description="token weighting module and its training")
+
+
 class RunConfig(Strict):
     name: str = Field("run", description="run name (used in result files)")
     seed: int = Field(0, description="seed for data order, LoRA init, schedule and sampling")
@@ -92,6 +113,7 @@ class RunConfig(Strict):
     student: StudentConfig = Field(default_factory=StudentConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    kpod: KpodSettings = Field(default_factory=KpodSettings)
 
     @field_validator("name")
     @classmethod

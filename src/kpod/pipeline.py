@@ -1,7 +1,7 @@
 """`kpod run`: the whole pipeline into one run directory, each finished stage cached so a re-run resumes.
 
-Stages: data (rationales, filtered and counted) -> encode (tokens, step spans) -> [zero-shot eval] -> train
-(resumable Trainer checkpoints) -> eval. A stage is skipped when `stages.json` records it as done with the same
+Stages: data (rationales, filtered and counted) -> encode (tokens, step spans) -> [KPOD: weigh -> difficulty ->
+clusters -> schedule] -> [zero-shot eval] -> train (resumable Trainer checkpoints) -> eval. A stage is skipped when `stages.json` records it as done with the same
 config fingerprint; a changed setting re-runs that stage and everything after it.
 """
 
@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from kpod.config import RunConfig, dump_config
@@ -181,9 +183,51 @@ class Pipeline:
             results.append(res)
         return results
 
-    def stage_train(self, model, tokenizer, examples: list[EncodedExample]):
+    # ------------------------------------------------------------------ KPOD preparation
+    def stage_kpod(self, model, tokenizer, questions, examples) -> tuple[list | None, np.ndarray]:
+        """Token weights (or None for w.o.-sig) and the (stages, N) schedule of given steps."""
+        from kpod.curriculum import stages as ks
+
+        cfg, k, paths = self.cfg, self.cfg.kpod, self.paths
+        weights = None
+        if k.token_weights:
+            fp = fingerprint(cfg.data, cfg.student.name, k.weighting, cfg.seed)
+            if not self.stages.is_done("weigh", fp):
+                t0 = time.time()
+                torch.manual_seed(cfg.seed)
+                predictor, _ = load_student(cfg.student.name)  # a separate copy: the student stays un-distilled
+                ks.run_weighting(tokenizer, examples, questions, predictor, k, paths.weighting_dir, self.progress)
+                del predictor
+                self.timings["weigh"] = time.time() - t0
+                self.stages.mark("weigh", fp)
+            weights = ks.load_weights(paths.token_weights, examples)
+        fp = fingerprint(cfg.data, cfg.student.name, k.token_weights, k.weighting, k.weighted_difficulty)
+        difficulty = paths.curriculum_dir / "difficulty.json"
+        if not self.stages.is_done("difficulty", fp):
+            t0 = time.time()
+            ks.run_difficulty(model, tokenizer, examples, weights, k, difficulty, self.progress)
+            self.timings["difficulty"] = time.time() - t0
+            self.stages.mark("difficulty", fp)
+        diffs = ks.load_difficulty(difficulty, examples)
+        clusters_path, schedule_path = paths.curriculum_dir / "clusters.json", paths.curriculum_dir / "schedule.json"
+        fp = fingerprint(cfg.data, k.clusters, cfg.seed)
+        if not self.stages.is_done("clusters", fp):
+            t0 = time.time()
+            ks.run_clusters(examples, questions, k, cfg.seed, clusters_path)
+            self.timings["clusters"] = time.time() - t0
+            self.stages.mark("clusters", fp)
+        clusters = ks.load_clusters(clusters_path, examples)
+        fp = fingerprint(cfg.data, cfg.student.name, k, cfg.train.epochs, cfg.seed)
+        if not self.stages.is_done("schedule", fp):
+            t0 = time.time()
+            ks.run_schedule(diffs, clusters, cfg, schedule_path)
+            self.timings["schedule"] = time.time() - t0
+            self.stages.mark("schedule", fp)
+        return weights, ks.load_schedule(schedule_path)
+
+    def stage_train(self, model, tokenizer, examples: list[EncodedExample], weights=None, given_steps=None):
         cfg = self.cfg
-        fp = fingerprint(cfg.data, cfg.student, cfg.train, cfg.seed)
+        fp = fingerprint(cfg.data, cfg.student, cfg.train, cfg.seed, cfg.kpod if cfg.train.method == "kpod" else None)
         if self.stages.is_done("train", fp) and self.paths.final_model.exists():
             return self._load_final(model)
         if cfg.student.lora.enabled:
@@ -191,10 +235,19 @@ class Pipeline:
             model = add_lora(model, lo.rank, lo.alpha, lo.dropout, lo.targets)
         seq2seq = is_seq2seq(model.get_base_model() if hasattr(model, "get_base_model") else model)
         dataset = DistillDataset(
-            examples, seq2seq=seq2seq,
+            examples, seq2seq=seq2seq, token_weights=weights,
             decoder_start_token_id=getattr(model.config, "decoder_start_token_id", None),
         )
-        trainer = build_trainer(model, tokenizer, dataset, cfg.train, self.paths.train_dir, cfg.seed)
+        if given_steps is None:
+            trainer = build_trainer(model, tokenizer, dataset, cfg.train, self.paths.train_dir, cfg.seed)
+        else:
+            from kpod.distill.kpod import KpodTrainer
+
+            t = cfg.train
+            total_steps = math.ceil(math.ceil(len(dataset) / t.batch_size) / t.grad_accum * t.epochs)
+            trainer = build_trainer(model, tokenizer, dataset, t, self.paths.train_dir, cfg.seed,
+                                    trainer_cls=KpodTrainer, given_steps=given_steps,
+                                    steps_per_stage=max(1, math.ceil(total_steps / len(given_steps))))
         summary = run_training(trainer, self.paths.train_dir, self.paths.final_model)
         self.timings["train"] = summary["train_wall_s"]
         log.info("train: %d steps, %.1f s, %.1f tokens/s", summary["global_steps"], summary["train_wall_s"],
@@ -217,9 +270,12 @@ class Pipeline:
         model, tokenizer = load_student(cfg.student.name)
         examples = self.stage_encode(tokenizer, questions, rationales)
         summary: dict = {"name": cfg.name, "method": cfg.train.method, "run_dir": str(self.paths.root)}
+        weights = given_steps = None
+        if cfg.train.method == "kpod":
+            weights, given_steps = self.stage_kpod(model, tokenizer, questions, examples)
         if cfg.eval.zero_shot:
             summary["zero_shot"] = self.stage_eval("zero-shot", model, tokenizer, "zero-shot CoT (no distillation)")
-        model = self.stage_train(model, tokenizer, examples)
+        model = self.stage_train(model, tokenizer, examples, weights, given_steps)
         if hasattr(model, "merge_and_unload"):
             model = model.merge_and_unload()  # plain weights decode faster than an adapter
         summary["results"] = self.stage_eval(cfg.train.method, model, tokenizer, method_label(cfg))

@@ -1,9 +1,9 @@
 """The torch dataset and collator behind every distillation trainer.
 
-Each item is one encoded rationale. Two per-example settings shape what it supervises:
-- `given_steps[i]` (KPOD's c_i): the first c_i rationale steps are teacher-forced input without loss;
-- `token_weights[i]`: a weight per rationale token (KPOD's w_j); the answer sentence and end token weigh 1.
-Both are plain arrays that a curriculum rewrites between stages; the encoded token ids are never copied.
+Each item is one encoded rationale, supervised on its whole target; `token_weights[i]` gives a weight per
+rationale token (KPOD's w_j), the answer sentence and end token weigh 1. KPOD's given steps are applied per batch
+by `hide_given_steps` at the moment a step runs (so prefetching a batch can never use a stale stage): the first
+c_i steps become teacher-forced input without loss. The encoded token ids are never copied.
 """
 
 from __future__ import annotations
@@ -40,42 +40,60 @@ class DistillDataset(Dataset):
         self.seq2seq = seq2seq
         self.decoder_start_token_id = decoder_start_token_id
         self.token_weights = token_weights
-        self.given_steps = np.zeros(len(examples), dtype=np.int64)
         self.lengths = [len(e) if not seq2seq else len(e.prompt_ids) + len(e.target_ids) for e in examples]
 
     def __len__(self) -> int:
         return len(self.examples)
 
-    def target_labels_and_weights(self, i: int) -> tuple[list[int], list[float]]:
-        """Labels over the target tokens (IGNORE on given steps) and their loss weights."""
-        ex = self.examples[i]
-        c = int(self.given_steps[i])
-        if not 0 <= c < max(1, ex.n_steps):
-            raise ValueError(f"{ex.key}: given_steps {c} outside [0, {ex.n_steps - 1}]")
-        first_supervised = ex.step_spans[c][0] if c > 0 else 0
-        labels = [IGNORE] * first_supervised + ex.target_ids[first_supervised:]
-        weights = np.ones(len(ex.target_ids), dtype=np.float32)
-        if self.token_weights is not None:
-            weights[: ex.answer_start] = self.token_weights[i]
-        weights[:first_supervised] = 0.0
-        return labels, weights.tolist()
+    def first_supervised(self, indices, given_steps) -> torch.Tensor:
+        """Index into each target of the first supervised token when the first c_i steps are given.
+
+        indices: (B,) example indices; given_steps: (B,) c_i. c_i = 0 supervises the whole target.
+        """
+        out = []
+        for i, c in zip(indices, given_steps):
+            ex, c = self.examples[int(i)], int(c)
+            if not 0 <= c < max(1, ex.n_steps):
+                raise ValueError(f"{ex.key}: given_steps {c} outside [0, {ex.n_steps - 1}]")
+            out.append(ex.step_spans[c][0] if c > 0 else 0)
+        return torch.tensor(out, dtype=torch.long)
 
     def __getitem__(self, i: int) -> dict:
         ex = self.examples[i]
-        labels, weights = self.target_labels_and_weights(i)
+        weights = np.ones(len(ex.target_ids), dtype=np.float32)
+        if self.token_weights is not None:
+            weights[: ex.answer_start] = self.token_weights[i]
+        weights = weights.tolist()
         if self.seq2seq:
             return {
                 "input_ids": ex.prompt_ids,
                 "decoder_input_ids": [self.decoder_start_token_id] + ex.target_ids[:-1],
-                "labels": labels,
+                "labels": list(ex.target_ids),
                 "weights": weights,
+                "target_start": 0,
+                "index": i,
             }
         n_prompt = len(ex.prompt_ids)
         return {
             "input_ids": ex.prompt_ids + ex.target_ids,
-            "labels": [IGNORE] * n_prompt + labels,
+            "labels": [IGNORE] * n_prompt + ex.target_ids,
             "weights": [0.0] * n_prompt + weights,
+            "target_start": n_prompt,
+            "index": i,
         }
+
+
+def hide_given_steps(batch: dict[str, torch.Tensor], first_supervised: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Return a batch whose labels/weights ignore each row's target tokens before `first_supervised` (B,).
+
+    The tokens stay in the input (teacher forcing); only their loss is removed.
+    """
+    labels, weights = batch["labels"].clone(), batch["weights"].clone()
+    positions = torch.arange(labels.shape[1])[None, :]
+    hidden = positions < (batch["target_start"] + first_supervised)[:, None]
+    labels[hidden] = IGNORE
+    weights[hidden] = 0.0
+    return {**batch, "labels": labels, "weights": weights}
 
 
 class PadCollator:
@@ -85,9 +103,9 @@ class PadCollator:
         self.pad = pad_token_id
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
-        out = {}
+        out = {key: torch.tensor([it[key] for it in items]) for key in ("target_start", "index")}
         fill = {"input_ids": self.pad, "decoder_input_ids": self.pad, "labels": IGNORE, "weights": 0.0}
-        for key in items[0]:
+        for key in fill.keys() & items[0].keys():
             width = max(len(it[key]) for it in items)
             dtype = torch.float32 if key == "weights" else torch.long
             t = torch.full((len(items), width), fill[key], dtype=dtype)

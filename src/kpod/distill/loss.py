@@ -40,18 +40,27 @@ def _causal_parts(model):
     return body, head, softcap
 
 
-def causal_lm_loss(model, batch: dict[str, torch.Tensor], normalization: str = "tokens") -> torch.Tensor:
-    """Loss of a decoder-only student. batch: input_ids, attention_mask, labels, weights, all (B, L)."""
+def supervised_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits (N, V), targets (N,), weights (N,)) at the N supervised positions of a decoder-only batch.
+
+    batch: input_ids, attention_mask, labels, weights, all (B, L); position t predicts token t+1.
+    """
     labels, weights = batch["labels"][:, 1:], batch["weights"][:, 1:]
-    supervised = labels != IGNORE  # position t predicts token t+1
+    supervised = labels != IGNORE
     body, head, softcap = _causal_parts(model)
-    if body is None or head is None:  # unknown layout: fall back to full logits
-        return reference_causal_lm_loss(model, batch, normalization)
+    if body is None or head is None:  # unknown layout: full logits, then select
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        return logits[supervised], labels[supervised], weights[supervised]
     hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     logits = head(hidden[:, :-1][supervised])
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
-    return weighted_nll(logits, labels[supervised], weights[supervised], normalization)
+    return logits, labels[supervised], weights[supervised]
+
+
+def causal_lm_loss(model, batch: dict[str, torch.Tensor], normalization: str = "tokens") -> torch.Tensor:
+    """Loss of a decoder-only student. batch: input_ids, attention_mask, labels, weights, all (B, L)."""
+    return weighted_nll(*supervised_logits(model, batch), normalization)
 
 
 def seq2seq_loss(model, batch: dict[str, torch.Tensor], normalization: str = "tokens") -> torch.Tensor:

@@ -90,15 +90,17 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int, use_cpu: b
 
 
 def build_trainer(model, tokenizer, dataset: DistillDataset, cfg: TrainConfig, output_dir: Path, seed: int,
-                  callbacks: list | None = None, trainer_cls=DistillTrainer) -> DistillTrainer:
+                  trainer_cls=DistillTrainer, **trainer_kwargs) -> DistillTrainer:
+    """A trainer of `trainer_cls` (DistillTrainer or a subclass; extra keyword arguments go to it)."""
     history = LossHistory()
     trainer = trainer_cls(
         model=model,
         args=training_arguments(cfg, output_dir, seed),
         train_dataset=dataset,
         data_collator=PadCollator(tokenizer.pad_token_id),
-        callbacks=[history, *(callbacks or [])],
+        callbacks=[history],
         loss_normalization=cfg.loss_normalization,
+        **trainer_kwargs,
     )
     trainer.loss_history = history
     return trainer
@@ -124,6 +126,7 @@ def run_training(trainer: DistillTrainer, output_dir: Path, final_dir: Path) -> 
         "train_tokens_per_s": round(trainer.tokens_seen / wall, 1) if wall > 0 else None,
         "final_train_loss": result.training_loss,
         "loss_curve": trainer.loss_history.losses,
+        "kpod_stages": getattr(trainer, "stage_log", None),
         "batch_size": trainer.args.per_device_train_batch_size,
         "grad_accum": trainer.args.gradient_accumulation_steps,
     }

@@ -1,0 +1,136 @@
+"""KPOD's preparation stages, each a function from the encoded examples to one artefact in the run directory:
+
+weigh      token significance weights (Sec. 3.3)           -> weighting/weights.jsonl, weighting/stats.json
+difficulty step difficulties with the un-distilled student  -> curriculum/difficulty.json
+clusters   GloVe + K-means question clusters               -> curriculum/clusters.json
+schedule   D(t) and per-stage c_i(t) with FTGP             -> curriculum/schedule.json (+ schedule.png)
+
+The pipeline (`kpod.pipeline`) calls them in order and caches each.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kpod.config import KpodSettings, RunConfig
+from kpod.curriculum.clusters import cluster_questions
+from kpod.curriculum.difficulty import step_difficulties, target_token_nll
+from kpod.curriculum.schedule import compute_schedule
+from kpod.data.records import Question, read_jsonl, write_jsonl
+from kpod.distill.examples import EncodedExample
+from kpod.weighting.config import WeightingExample
+from kpod.weighting.train import train_token_weighting
+
+log = logging.getLogger(__name__)
+ANSWER_CUE = " Therefore, the answer is"
+
+
+# ----------------------------------------------------------------------------- weigh
+def weighting_examples(tokenizer, examples: list[EncodedExample], questions: dict[str, Question]) -> list[WeightingExample]:
+    """The predictor reads [question prompt][masked rationale prefix][cue][answer] (answer scored)."""
+    out = []
+    for ex in examples:
+        answer_ids = tokenizer(f" {questions[ex.question_id].answer}.", add_special_tokens=False).input_ids
+        out.append(WeightingExample(ex.prompt_ids, ex.target_ids[: ex.answer_start], answer_ids))
+    return out
+
+
+def run_weighting(tokenizer, examples, questions, predictor, settings: KpodSettings, out_dir: Path,
+                  progress: bool = True) -> list[np.ndarray]:
+    t0 = time.time()
+    cue = tokenizer(ANSWER_CUE, add_special_tokens=False).input_ids
+    weights, stats = train_token_weighting(
+        weighting_examples(tokenizer, examples, questions), predictor.get_input_embeddings(), predictor,
+        settings.weighting, answer_cue_ids=cue, progress=progress,
+    )
+    stats["wall_s"] = round(time.time() - t0, 1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = (
+        {"rationale_key": ex.key, "tokens": tokenizer.convert_ids_to_tokens(ex.target_ids[: ex.answer_start]),
+         "token_ids": ex.target_ids[: ex.answer_start], "weights": [round(float(x), 6) for x in w],
+         "step_spans": [list(s) for s in ex.step_spans]}
+        for ex, w in zip(examples, weights)
+    )
+    write_jsonl(out_dir / "weights.jsonl", rows)
+    (out_dir / "stats.json").write_text(json.dumps(stats, indent=1, default=str))
+    log.info("weighting: %.0f s, mean weight %.3f", stats["wall_s"], stats.get("mean_weight", float("nan")))
+    return weights
+
+
+def load_weights(path: Path, examples: list[EncodedExample]) -> list[np.ndarray]:
+    by_key = {row["rationale_key"]: np.asarray(row["weights"], dtype=np.float32) for _, row in read_jsonl(path)}
+    missing = [ex.key for ex in examples if ex.key not in by_key]
+    if missing:
+        raise ValueError(f"{path}: no weights for {len(missing)} examples, e.g. {missing[:3]}")
+    return [by_key[ex.key] for ex in examples]
+
+
+# ----------------------------------------------------------------------------- difficulty
+def run_difficulty(model, tokenizer, examples, weights, settings: KpodSettings, path: Path,
+                   progress: bool = True) -> list[np.ndarray]:
+    t0 = time.time()
+    nll = target_token_nll(model, tokenizer, examples, settings.difficulty_batch_size, progress)
+    uniform = not settings.weighted_difficulty or weights is None
+    diffs = [
+        step_difficulties(n[: ex.answer_start], None if weights is None else weights[i], ex.step_spans, uniform)
+        for i, (ex, n) in enumerate(zip(examples, nll))
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"uniform_within_step": uniform, "wall_s": round(time.time() - t0, 1),
+                                "difficulties": {ex.key: d.round(6).tolist() for ex, d in zip(examples, diffs)}}))
+    log.info("difficulty: %.0f s, total B = %.1f", time.time() - t0, sum(float(d.sum()) for d in diffs))
+    return diffs
+
+
+def load_difficulty(path: Path, examples) -> list[np.ndarray]:
+    table = json.loads(path.read_text())["difficulties"]
+    return [np.asarray(table[ex.key], dtype=np.float64) for ex in examples]
+
+
+# ----------------------------------------------------------------------------- clusters and schedule
+def run_clusters(examples, questions: dict[str, Question], settings: KpodSettings, seed: int, path: Path) -> np.ndarray:
+    ids = sorted({ex.question_id for ex in examples})
+    labels = cluster_questions([questions[i].question for i in ids], k=settings.clusters, seed=seed)
+    by_id = dict(zip(ids, labels.tolist()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"k": settings.clusters, "seed": seed, "labels": by_id,
+                                "sizes": np.bincount(labels).tolist()}))
+    return np.asarray([by_id[ex.question_id] for ex in examples], dtype=np.int64)
+
+
+def load_clusters(path: Path, examples) -> np.ndarray:
+    by_id = json.loads(path.read_text())["labels"]
+    return np.asarray([by_id[ex.question_id] for ex in examples], dtype=np.int64)
+
+
+def num_stages(cfg: RunConfig) -> int:
+    return cfg.kpod.stages or max(1, math.ceil(cfg.train.epochs))
+
+
+def run_schedule(diffs: list[np.ndarray], clusters: np.ndarray, cfg: RunConfig, path: Path) -> np.ndarray:
+    s = cfg.kpod
+    sched = compute_schedule(
+        np.concatenate(diffs) if diffs else np.zeros(0), np.asarray([len(d) for d in diffs]), clusters,
+        num_stages(cfg), c0_fraction=s.c0_fraction, p=s.p, T=s.full_difficulty_stage, delta_s=s.delta_s,
+        beta=s.beta, eps=s.ftgp_eps, seed=cfg.seed, progressive=s.progressive, scan_order=s.scan_order,
+        zero_cost=s.zero_cost,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(sched.to_dict(include_given_steps=True), default=float))
+    try:
+        from kpod.curriculum.inspect import plot_schedule
+
+        plot_schedule(sched.to_dict(), path.with_suffix(".png"))
+    except ImportError:  # plotting is an optional extra
+        pass
+    return sched.given_steps
+
+
+def load_schedule(path: Path) -> np.ndarray:
+    return np.asarray(json.loads(path.read_text())["given_steps"], dtype=np.int64)
