@@ -87,6 +87,7 @@ def machine_info() -> dict:
         "git_commit": commit,
         "git_uncommitted_changes": dirty,
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "load_average_1_5_15min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -190,7 +191,8 @@ def to_markdown(result: dict) -> str:
         f"{c['repeats']} runs (at most 3 at n = 1e6); greedy: 1 run for n >= 1e5.",
         f"Machine: {m['cpu_model']}, {m['cpu_count']} cores; Python {m['python']}, numpy {m['numpy']}, "
         f"numba {m['numba']}; commit {m['git_commit'] or 'none'}"
-        f"{' (plus uncommitted changes)' if m['git_uncommitted_changes'] else ''}; {m['date_utc']}.",
+        f"{' (plus uncommitted changes)' if m['git_uncommitted_changes'] else ''}; {m['date_utc']}; "
+        f"load average at start {m['load_average_1_5_15min']} (the cores are shared, so times are noisy).",
         f"numba compile time (excluded below): {result['numba_compile_s']:.2f} s."
         if result["numba_compile_s"] is not None else "numba not available: pure-Python passes.",
         "",

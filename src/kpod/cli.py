@@ -3,6 +3,8 @@
     kpod run configs/default.yaml                 # the whole pipeline; re-running resumes
     kpod run configs/quick.yaml --set train.epochs=2
     kpod eval --model smollm2-135m-instruct --dataset svamp --split test
+    kpod weigh configs/default.yaml               # token weights + summary + HTML/PNG pictures
+    kpod schedule runs/default                    # the KPOD schedule, stage by stage
     kpod data stats                               # split counts of every dataset, as JSON
     kpod data rationales --dataset svamp          # import a released rationale set, report drops
 """
@@ -69,6 +71,44 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_schedule(args) -> int:
+    from kpod.data.records import DataError
+    from kpod.curriculum.inspect import plot_schedule, schedule_table
+    from kpod.paths import RunPaths
+
+    path = RunPaths(Path(args.run_dir)).curriculum_dir / "schedule.json"
+    if not path.exists():
+        raise DataError(f"{path}: no schedule in this run directory (run a KPOD config with `kpod run` first)")
+    schedule = json.loads(path.read_text())
+    print(schedule_table(schedule))
+    if args.json:
+        print(json.dumps({k: v for k, v in schedule.items() if k != "given_steps"}, indent=1))
+    try:
+        plot_schedule(schedule, path.with_suffix(".png"))
+        print(f"plot: {path.with_suffix('.png')}")
+    except ImportError:
+        print("(install matplotlib, `pip install kpod[plots]`, for the plot)")
+    return 0
+
+
+def cmd_weigh(args) -> int:
+    """Run the pipeline up to the token weights, then summarise and visualise them."""
+    from kpod.config import load_config
+    from kpod.pipeline import Pipeline
+    from kpod.weighting.report import write_weighting_report
+
+    overrides = _parse_overrides(args.set)
+    if args.run_dir:
+        overrides["run_dir"] = args.run_dir
+    overrides["train.method"] = "kpod"
+    cfg = load_config(args.config, overrides)
+    pipe = Pipeline(cfg, progress=not args.no_progress)
+    pipe.prepare_weights()
+    summary = write_weighting_report(pipe.paths.weighting_dir, n_show=args.show, seed=cfg.seed, keys=args.key)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
 def cmd_data_stats(args) -> int:
     from kpod.data.datasets import split_counts
 
@@ -114,6 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="folder for predictions.jsonl and results.json")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(fn=cmd_eval)
+
+    w = sub.add_parser("weigh", help="train the token weighting module of a config, then summarise and draw the weights")
+    w.add_argument("config")
+    w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    w.add_argument("--run-dir")
+    w.add_argument("--show", type=int, default=6, help="rationales to draw (random, seeded)")
+    w.add_argument("--key", action="append", default=[], help="draw this rationale (its rationale_key); repeatable")
+    w.add_argument("--no-progress", action="store_true")
+    w.set_defaults(fn=cmd_weigh)
+
+    sc = sub.add_parser("schedule", help="print the progressive schedule of a KPOD run, stage by stage")
+    sc.add_argument("run_dir")
+    sc.add_argument("--json", action="store_true", help="also print the per-stage records as JSON")
+    sc.set_defaults(fn=cmd_schedule)
 
     d = sub.add_parser("data", help="datasets and released rationales")
     dsub = d.add_subparsers(dest="data_command", required=True)

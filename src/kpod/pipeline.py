@@ -184,23 +184,28 @@ class Pipeline:
         return results
 
     # ------------------------------------------------------------------ KPOD preparation
+    def stage_weights(self, tokenizer, questions, examples) -> list[np.ndarray]:
+        from kpod.curriculum import stages as ks
+
+        cfg = self.cfg
+        fp = fingerprint(cfg.data, cfg.student.name, cfg.kpod.weighting, cfg.seed)
+        if not self.stages.is_done("weigh", fp):
+            t0 = time.time()
+            torch.manual_seed(cfg.seed)
+            predictor, _ = load_student(cfg.student.name)  # a separate copy: the student stays un-distilled
+            ks.run_weighting(tokenizer, examples, questions, predictor, cfg.kpod, self.paths.weighting_dir,
+                             self.progress)
+            del predictor
+            self.timings["weigh"] = time.time() - t0
+            self.stages.mark("weigh", fp)
+        return ks.load_weights(self.paths.token_weights, examples)
+
     def stage_kpod(self, model, tokenizer, questions, examples) -> tuple[list | None, np.ndarray]:
         """Token weights (or None for w.o.-sig) and the (stages, N) schedule of given steps."""
         from kpod.curriculum import stages as ks
 
         cfg, k, paths = self.cfg, self.cfg.kpod, self.paths
-        weights = None
-        if k.token_weights:
-            fp = fingerprint(cfg.data, cfg.student.name, k.weighting, cfg.seed)
-            if not self.stages.is_done("weigh", fp):
-                t0 = time.time()
-                torch.manual_seed(cfg.seed)
-                predictor, _ = load_student(cfg.student.name)  # a separate copy: the student stays un-distilled
-                ks.run_weighting(tokenizer, examples, questions, predictor, k, paths.weighting_dir, self.progress)
-                del predictor
-                self.timings["weigh"] = time.time() - t0
-                self.stages.mark("weigh", fp)
-            weights = ks.load_weights(paths.token_weights, examples)
+        weights = self.stage_weights(tokenizer, questions, examples) if k.token_weights else None
         fp = fingerprint(cfg.data, cfg.student.name, k.token_weights, k.weighting, k.weighted_difficulty)
         difficulty = paths.curriculum_dir / "difficulty.json"
         if not self.stages.is_done("difficulty", fp):
@@ -261,6 +266,14 @@ class Pipeline:
 
             return PeftModel.from_pretrained(base_model, str(self.paths.final_model))
         return type(base_model).from_pretrained(str(self.paths.final_model))
+
+    def prepare_weights(self):
+        """Data, encoding and token weights only (for `kpod weigh`)."""
+        dump_config(self.cfg, self.paths.config)
+        questions, rationales = self.stage_data()
+        model, tokenizer = load_student(self.cfg.student.name)
+        examples = self.stage_encode(tokenizer, questions, rationales)
+        return self.stage_weights(tokenizer, questions, examples)
 
     def run(self) -> dict:
         cfg = self.cfg
