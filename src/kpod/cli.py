@@ -7,6 +7,7 @@
     kpod schedule runs/default                    # the KPOD schedule, stage by stage
     kpod data stats                               # split counts of every dataset, as JSON
     kpod data rationales --dataset svamp          # import a released rationale set, report drops
+    kpod teach --dataset svamp --backend openai --model gpt-3.5-turbo --out runs/teach-svamp   # teacher rationales
 """
 
 from __future__ import annotations
@@ -127,6 +128,66 @@ def cmd_data_rationales(args) -> int:
     return 0
 
 
+# `kpod teach` flags and the config fields they set (flags left out keep the YAML's or the default value).
+_TEACH_FLAGS = {
+    "dataset": "dataset", "split": "split", "file": "file", "answer_type": "answer_type", "data_dir": "data_dir",
+    "limit": "limit", "backend": "backend", "model": "model", "mode": "mode", "base_url": "base_url",
+    "api_key_env": "api_key_env", "n": "n", "temperature": "temperature", "top_p": "top_p", "seed": "seed",
+    "max_tokens": "max_tokens", "concurrency": "concurrency", "batch_size": "batch_size", "timeout": "timeout_s",
+    "max_retries": "retry.max_retries", "out": "out", "cache": "cache", "keep_wrong": "keep_wrong",
+}  # fmt: skip
+
+
+def cmd_teach(args) -> int:
+    from kpod.teacher import FatalTeacherError, load_teach_config, run_teach
+
+    overrides = {field: getattr(args, flag) for flag, field in _TEACH_FLAGS.items() if hasattr(args, flag)}
+    if "file" in overrides:
+        overrides.setdefault("dataset", "custom")
+    overrides.update(_parse_overrides(args.set))
+    cfg = load_teach_config(args.config, overrides)
+    try:
+        summary = run_teach(cfg, progress=not args.no_progress)
+    except FatalTeacherError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _add_teach_parser(sub) -> None:
+    t = sub.add_parser("teach", help="zero-shot CoT teacher rationales from an LLM backend (cached, resumable)",
+                       description="Flags override the YAML config; see kpod.teacher.config for every field.")
+    t.add_argument("config", nargs="?", help="YAML teach config (optional)")
+    keep = argparse.SUPPRESS  # an absent flag must not override the config file
+    t.add_argument("--dataset", default=keep, help="gsm8k, asdiv, svamp, csqa")
+    t.add_argument("--split", default=keep, choices=["train", "dev", "test"])
+    t.add_argument("--file", default=keep, help="your own JSONL of questions instead of a benchmark")
+    t.add_argument("--answer-type", default=keep, choices=["number", "choice"])
+    t.add_argument("--data-dir", default=keep)
+    t.add_argument("--limit", type=int, default=keep, help="only the first N questions")
+    t.add_argument("--backend", default=keep, help="openai (default), hf, vllm")
+    t.add_argument("--model", default=keep, help="API model name, or hub id / folder for hf and vllm")
+    t.add_argument("--mode", default=keep, choices=["chat", "completion"], help="one chat turn, or the paper's two completion turns")
+    t.add_argument("--base-url", default=keep, help="OpenAI-compatible base URL (default $OPENAI_BASE_URL)")
+    t.add_argument("--api-key-env", default=keep, help="environment variable holding the API key (default OPENAI_API_KEY)")
+    t.add_argument("--n", type=int, default=keep, help="rationales per question")
+    t.add_argument("--temperature", type=float, default=keep)
+    t.add_argument("--top-p", type=float, default=keep)
+    t.add_argument("--seed", type=int, default=keep)
+    t.add_argument("--max-tokens", type=int, default=keep, help="longest rationale in tokens")
+    t.add_argument("--concurrency", type=int, default=keep, help="HTTP requests in flight")
+    t.add_argument("--batch-size", type=int, default=keep, help="prompts per generate call (hf, vllm)")
+    t.add_argument("--timeout", type=float, default=keep, help="seconds per HTTP request")
+    t.add_argument("--max-retries", type=int, default=keep)
+    t.add_argument("--out", default=keep, help="output folder (default runs/teach)")
+    t.add_argument("--cache", default=keep, help="reply cache file (default OUT/cache.sqlite)")
+    t.add_argument("--keep-wrong", action="store_true", default=keep, help="also write rationales with wrong answers")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="set any config field, e.g. prices.prompt_per_1k=0.0015")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(fn=cmd_teach)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kpod", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -181,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--out", help="write the rationales (kpod format) to this JSONL")
     dr.add_argument("--keep-wrong", action="store_true", help="also write rationales with a wrong answer")
     dr.set_defaults(fn=cmd_data_rationales)
+
+    _add_teach_parser(sub)
     return p
 
 

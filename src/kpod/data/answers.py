@@ -42,9 +42,10 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from decimal import Decimal
 from fractions import Fraction
 from typing import Callable, Literal
+
+from kpod.data.numbers import Expression, numbers_in, format_number, parse_number
 
 __all__ = [
     "AnswerDetails", "AnswerType", "DATASET_ANSWER_TYPES", "answer_type", "answers_match", "cut_run_on",
@@ -53,7 +54,6 @@ __all__ = [
 ]  # fmt: skip
 
 CHOICE_LETTERS = "ABCDE"
-MAX_DECIMALS = 10  # canonical strings round non-terminating decimals to this many places
 _ABSENT = object()  # a trigger followed by prose without any number or letter
 
 
@@ -170,13 +170,6 @@ def _strict(text: str, read: Callable[[str], object], unreadable_rule: str) -> t
 
 # ----------------------------------------------------------------------------- numbers
 
-_NUMBER = (
-    r"(?P<mixed>\d+ \d+/\d+(?![\d/]))"  # 2 1/2 (checked to be proper in _number_values)
-    r"|(?P<fraction>\d+/\d+(?![\d/]))"
-    r"|(?P<decimal>\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\d,])|\d+(?:\.\d+)?)"
-)
-# a minus is a sign only when not glued to a word or number on its left: "-3", "-$5", not "30-27"
-_NUMBER_IN_TEXT = re.compile(r"(?:(?<![\w)\]}])(?P<neg>-)\s?\$?\s?)?(?:" + _NUMBER + ")")
 _CONCLUSION = re.compile(
     r"(?:therefore|thus|hence|so|in conclusion|in total|in summary|overall|as a result|altogether|"
     r"finally|either way|this means|that means)\b",
@@ -187,140 +180,20 @@ _LEADING_CLAUSE = re.compile(
 )
 
 
-def _number_values(match: re.Match) -> list[Fraction]:
-    """Values of one number match; an improper "mixed number" (``5 12/4``) is two numbers."""
-    if match.group("mixed"):
-        whole, fraction = match.group("mixed").split(" ")
-        numerator, denominator = (int(part) for part in fraction.split("/"))
-        if 0 < numerator < denominator:
-            return [int(whole) + Fraction(numerator, denominator)]
-        return [Fraction(int(whole))] + ([Fraction(numerator, denominator)] if denominator else [])
-    if match.group("fraction"):
-        numerator, denominator = (int(part) for part in match.group("fraction").split("/"))
-        return [Fraction(numerator, denominator)] if denominator else [Fraction(numerator)]
-    return [Fraction(match.group("decimal").replace(",", ""))]
-
-
-def _numbers(text: str) -> list[Fraction]:
-    """All numbers of a text in order, signs applied."""
-    values = []
-    for match in _NUMBER_IN_TEXT.finditer(text):
-        found = _number_values(match)
-        if match.group("neg"):
-            found[0] = -found[0]
-        values.extend(found)
-    return values
-
-
-def format_number(value: Fraction) -> str:
-    """Canonical string: ``51``, ``-3``, ``2.5``; repeating decimals rounded to 10 places."""
-    if value.denominator == 1:
-        return str(value.numerator)
-    rounded = round(Decimal(value.numerator) / Decimal(value.denominator), MAX_DECIMALS)
-    text = format(rounded, "f").rstrip("0").rstrip(".")
-    return "0" if text in ("-0", "") else text
-
-
-def parse_number(text: str) -> Fraction | None:
-    """Value of a canonical number string (``"2.5"``, ``"-3"``, ``"3/4"``), or None."""
-    try:
-        return Fraction(text.strip().replace(",", ""))
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
-class _Expression:
-    """Reads the arithmetic expression at the start of a string (``(84 / 2)``, ``9 + 9 = 18``).
-
-    Recursive descent over numbers and ``+ - * / x × ÷ ( ) =`` on exact fractions; ``$`` and ``%``
-    are skipped. Tokenising stops at anything else, so ``42 apples`` reads 42 and ``(9 + x)``
-    (``x`` not after a number) is broken. After ``=`` the right-hand side wins. ``value()`` is None
-    for a broken expression; ``end`` is the text index just past what the parser consumed.
-    """
-
-    _TOKEN = re.compile(r"\s*(?:(?P<number>" + _NUMBER + r")|(?P<op>[-+*/×÷()=]|x(?![A-Za-z]))|[$%])")
-
-    def __init__(self, text: str):
-        self.tokens: list[Fraction | str] = []
-        self._ends: list[int] = []  # text index after each token
-        self.position = 0
-        offset = 0
-        while match := self._TOKEN.match(text, offset):
-            offset = match.end()
-            if match.group("number"):
-                values = _number_values(match)
-            elif match.group("op"):
-                after_operand = self.tokens and (isinstance(self.tokens[-1], Fraction) or self.tokens[-1] == ")")
-                if match.group("op") == "x" and not after_operand:
-                    break  # a variable, not a times sign
-                values = [{"×": "*", "x": "*", "÷": "/"}.get(match.group("op"), match.group("op"))]
-            else:
-                continue
-            self.tokens.extend(values)
-            self._ends.extend([offset] * len(values))
-
-    @property
-    def end(self) -> int:
-        consumed = min(self.position, len(self._ends))
-        return self._ends[consumed - 1] if consumed else 0
-
-    def value(self) -> Fraction | None:
-        try:
-            result = self._sum()
-            while self._peek() == "=":
-                self.position += 1
-                result = self._sum()
-        except (ValueError, ZeroDivisionError):
-            return None
-        return result
-
-    def _peek(self) -> Fraction | str | None:
-        return self.tokens[self.position] if self.position < len(self.tokens) else None
-
-    def _sum(self) -> Fraction:
-        result = self._product()
-        while (op := self._peek()) in ("+", "-"):
-            self.position += 1
-            result = result + self._product() if op == "+" else result - self._product()
-        return result
-
-    def _product(self) -> Fraction:
-        result = self._factor()
-        while (op := self._peek()) in ("*", "/"):
-            self.position += 1
-            result = result * self._factor() if op == "*" else result / self._factor()
-        return result
-
-    def _factor(self) -> Fraction:
-        token = self._peek()
-        self.position += 1
-        if isinstance(token, Fraction):
-            return token
-        if token in ("-", "+"):
-            return -self._factor() if token == "-" else self._factor()
-        if token == "(":
-            value = self._sum()
-            if self._peek() != ")":
-                raise ValueError("unclosed parenthesis")
-            self.position += 1
-            return value
-        raise ValueError(f"unexpected token {token!r}")
-
-
 def _sentence_number(sentence: str) -> Fraction | object | None:
     """The result a sentence states: Fraction, None (numbers but no single result) or _ABSENT.
 
     An expression at its start is evaluated; else the number after its last ``=``; else its first.
     """
     sentence = sentence.lstrip(" \t\n:*=")
-    if not _numbers(sentence):
+    if not numbers_in(sentence):
         return _ABSENT
     corrected = re.match(r"not\s+[-$\d.,]+\s*[,;]?\s*(?:it'?s|it is|but)\s+(?=\S*\d)", sentence, re.IGNORECASE)
     if corrected:  # "not 40, it's 50"
         sentence = sentence[corrected.end() :]
     if re.match(r"not\b|either\b", sentence, re.IGNORECASE) or re.search(r"\beither\b.*\bor\b", sentence):
         return None
-    expression = _Expression(sentence)
+    expression = Expression(sentence)
     if expression.tokens:
         value = expression.value()
         if value is not None and re.match(r"\s*(?:,|and\b|or\b)\s*\(?\$?-?\d", sentence[expression.end :]):
@@ -328,12 +201,12 @@ def _sentence_number(sentence: str) -> Fraction | object | None:
         return value
     if "=" in sentence:
         after = sentence.rsplit("=", 1)[1]
-        expression = _Expression(after)
+        expression = Expression(after)
         if expression.tokens:
             return expression.value()
-        numbers = _numbers(after)
+        numbers = numbers_in(after)
         return numbers[0] if numbers else None
-    return _numbers(sentence)[0]
+    return numbers_in(sentence)[0]
 
 
 def _read_number(span: str) -> str | object | None:
@@ -351,7 +224,7 @@ def _extract_number(text: str, choices: list[str] | None = None) -> AnswerDetail
     def flexible(value: Fraction, rule: str) -> AnswerDetails:
         return AnswerDetails(format_number(value), "flexible", rule, trigger_seen, truncated)
 
-    numbered = [sentence for sentence in _sentences(text) if _numbers(sentence)]
+    numbered = [sentence for sentence in _sentences(text) if numbers_in(sentence)]
     if numbered and re.search(r"\beither\b.*\bor\b", numbered[-1], re.IGNORECASE):
         return AnswerDetails(None, None, "ambiguous", trigger_seen, truncated)  # "either 11 or 13 roses"
     conclusions = [sentence for sentence in numbered if _CONCLUSION.match(sentence)]
@@ -363,7 +236,7 @@ def _extract_number(text: str, choices: list[str] | None = None) -> AnswerDetail
         if isinstance(value, Fraction):
             return flexible(value, "conclusion")
     # "... a total of 37 carrot sticks (22+15)." : a closing aside is not the result
-    numbers = _numbers(re.sub(r"\([^()]*\)", " ", text)) or _numbers(text)
+    numbers = numbers_in(re.sub(r"\([^()]*\)", " ", text)) or numbers_in(text)
     if numbers:
         return flexible(numbers[-1], "last_number")
     return AnswerDetails(None, None, "no_answer", trigger_seen, truncated)
@@ -440,7 +313,7 @@ def _number_gold(answer: object, choices: list[str] | None = None) -> str | None
         return None
     if isinstance(answer, (int, float)):
         return format_number(Fraction(repr(answer))) if math.isfinite(answer) else None
-    numbers = _numbers(re.sub(r"\([^()]*\)", " ", str(answer).rsplit("####", 1)[-1]))
+    numbers = numbers_in(re.sub(r"\([^()]*\)", " ", str(answer).rsplit("####", 1)[-1]))
     return format_number(numbers[0]) if len(numbers) == 1 else None
 
 

@@ -3,9 +3,12 @@
 For decoder-only models this is our own short KV-cache loop: prompts are sorted by length and left-padded, and a
 sequence that has finished (end token, a completed "the answer is ...." sentence, or a run-on "\\nQ:") leaves the
 batch at once, so no compute is spent decoding padding. Encoder-decoder models use `model.generate`.
+Greedy by default; `temperature > 0` samples (with `top_p` nucleus filtering and a seeded generator) instead,
+which the teacher's multi-rationale runs use.
 
     >>> texts, stats = generate(model, tokenizer, prompts, batch_size=32, max_new_tokens=200)
     >>> stats["useful_tokens"] / stats["computed_tokens"]      # 1.0 for the decoder-only loop
+    >>> texts, stats = generate(model, tokenizer, prompts, temperature=0.7, top_p=0.95, seed=1)
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -51,8 +56,31 @@ def trim_output(text: str) -> str:
     return text[: m.end()].rstrip() if m else text.rstrip()
 
 
+def _argmax(logits: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(-1)
+
+
+def token_sampler(temperature: float, top_p: float = 1.0, seed: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Next-token picker for logits [B, V] -> ids [B]: argmax at temperature 0, else nucleus sampling."""
+    if temperature <= 0:
+        return _argmax
+    generator = torch.Generator().manual_seed(0 if seed is None else seed)
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()
+        if top_p < 1.0:  # keep the smallest set of tokens whose mass reaches top_p (always the top token)
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p
+            sorted_probs[outside] = 0.0
+            probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(logits.device)
+
+    return pick
+
+
 @torch.no_grad()
-def _greedy_causal(model, tokenizer, batch_ids: list[list[int]], max_new_tokens: int, rule: StopRule, stats: dict):
+def _greedy_causal(model, tokenizer, batch_ids: list[list[int]], max_new_tokens: int, rule: StopRule, stats: dict,
+                   pick: Callable[[torch.Tensor], torch.Tensor] = _argmax):
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
     width = max(len(x) for x in batch_ids)
@@ -65,7 +93,7 @@ def _greedy_causal(model, tokenizer, batch_ids: list[list[int]], max_new_tokens:
     pos = (attn.cumsum(-1) - 1).clamp_min(0)
     out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
     cache = out.past_key_values
-    nxt = out.logits[:, -1].argmax(-1)
+    nxt = pick(out.logits[:, -1])
     stats["prefill_tokens"] += int(attn.sum())
 
     rows = list(range(len(batch_ids)))  # original row of each active sequence
@@ -94,15 +122,16 @@ def _greedy_causal(model, tokenizer, batch_ids: list[list[int]], max_new_tokens:
         out = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=last_pos[:, None],
                     past_key_values=cache, use_cache=True)
         cache = out.past_key_values
-        nxt = out.logits[:, -1].argmax(-1)
+        nxt = pick(out.logits[:, -1])
     return generated
 
 
 @torch.no_grad()
-def _greedy_seq2seq(model, tokenizer, batch_ids, max_new_tokens, rule: StopRule, stats: dict):
+def _greedy_seq2seq(model, tokenizer, batch_ids, max_new_tokens, rule: StopRule, stats: dict,
+                    sampling: dict | None = None):
     device = next(model.parameters()).device
     enc = tokenizer.pad({"input_ids": batch_ids}, return_tensors="pt").to(device)
-    out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
+    out = model.generate(**enc, **(sampling or {"do_sample": False}), max_new_tokens=max_new_tokens,
                          eos_token_id=sorted(rule.stop_token_ids), pad_token_id=tokenizer.pad_token_id)
     stats["prefill_tokens"] += int(enc["attention_mask"].sum())
     stats["computed_tokens"] += out.shape[0] * (out.shape[1] - 1)
@@ -114,14 +143,25 @@ def _greedy_seq2seq(model, tokenizer, batch_ids, max_new_tokens, rule: StopRule,
 
 
 def generate(model, tokenizer, prompts: list[str], *, batch_size: int = 32, max_new_tokens: int = 200,
-             stop_at_answer: bool = True, progress: bool = True) -> tuple[list[str], dict]:
-    """Greedy outputs for `prompts` (in input order) and throughput statistics."""
+             stop_at_answer: bool = True, progress: bool = True, temperature: float = 0.0, top_p: float = 1.0,
+             seed: int | None = None, return_token_counts: bool = False) -> tuple[list[str], dict]:
+    """Outputs for `prompts` (in input order) and throughput statistics; greedy unless `temperature > 0`.
+
+    With `return_token_counts`, `stats["prompt_tokens"]` and `stats["new_tokens"]` list the prompt and generated
+    token counts of each prompt (in input order)."""
     model.eval()
     rule = StopRule(stop_token_ids(tokenizer), stop_at_answer)
     encoded = [tokenizer(p).input_ids for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    decode = _greedy_seq2seq if is_seq2seq(model) else _greedy_causal
+    if is_seq2seq(model):
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else None
+        if sampling and seed is not None:
+            torch.manual_seed(seed)
+        decode = partial(_greedy_seq2seq, sampling=sampling)
+    else:
+        decode = partial(_greedy_causal, pick=token_sampler(temperature, top_p, seed))
     stats = {"prefill_tokens": 0, "computed_tokens": 0, "useful_tokens": 0}
+    new_tokens = [0] * len(prompts)
     outputs: list[str] = [""] * len(prompts)
     t0 = time.time()
     bar = tqdm(total=len(prompts), desc="generating", disable=not progress, mininterval=2)
@@ -130,6 +170,7 @@ def generate(model, tokenizer, prompts: list[str], *, batch_size: int = 32, max_
         gen = decode(model, tokenizer, [encoded[i] for i in idx], max_new_tokens, rule, stats)
         for i, toks in zip(idx, gen):
             stats["useful_tokens"] += len(toks)
+            new_tokens[i] = len(toks)
             outputs[i] = trim_output(tokenizer.decode(toks, skip_special_tokens=True))
         bar.update(len(idx))
     bar.close()
@@ -141,4 +182,6 @@ def generate(model, tokenizer, prompts: list[str], *, batch_size: int = 32, max_
         useful_tokens_per_s=round(stats["useful_tokens"] / wall, 1) if wall else None,
         useful_over_computed=round(stats["useful_tokens"] / max(1, stats["computed_tokens"]), 3),
     )
+    if return_token_counts:
+        stats.update(prompt_tokens=[len(x) for x in encoded], new_tokens=new_tokens)
     return outputs, stats

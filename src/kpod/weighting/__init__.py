@@ -9,11 +9,13 @@ JSONL artefact of `kpod.weighting.artefact` and read by the step difficulty and 
 from kpod.weighting.artefact import (
     WeightedRationale,
     load_weights_jsonl,
+    readable_token,
     save_weights_jsonl,
     token_strings,
 )
 from kpod.weighting.config import WeightingConfig, WeightingExample
 from kpod.weighting.module import TokenWeightingModule, gumbel_keep_mask, temperature_at
+from kpod.weighting.report import write_weighting_report
 from kpod.weighting.summary import TOKEN_CLASSES, classify_token, summarize_weights
 from kpod.weighting.train import fit_weighting_module, predict_token_weights, train_token_weighting
 from kpod.weighting.viz import select_rows, weights_to_html, write_weights_html, write_weights_png
@@ -29,6 +31,7 @@ __all__ = [
     "gumbel_keep_mask",
     "load_weights_jsonl",
     "predict_token_weights",
+    "readable_token",
     "save_weights_jsonl",
     "select_rows",
     "summarize_weights",
@@ -37,5 +40,6 @@ __all__ = [
     "train_token_weighting",
     "weights_to_html",
     "write_weights_html",
+    "write_weighting_report",
     "write_weights_png",
 ]

@@ -83,5 +83,21 @@ def load_weights_jsonl(path: str | Path) -> list[WeightedRationale]:
 
 
 def token_strings(tokenizer, token_ids: Sequence[int]) -> list[str]:
-    """Each token's text decoded on its own ("Ġtotal" -> " total"), for display and summaries."""
+    """Each token's text decoded on its own ("Ġtotal" -> " total"): the preferred `tokens` of the artefact.
+
+    A character that byte-level BPE splits over several tokens shows as U+FFFD in each of them.
+    """
     return [tokenizer.decode([int(i)]) for i in token_ids]
+
+
+# Word-boundary and control markers of raw vocabulary strings (byte-level BPE and SentencePiece).
+_MARKERS = str.maketrans({"Ġ": " ", "Ċ": "\n", "ĉ": "\t", "▁": " "})
+
+
+def readable_token(text: str) -> str:
+    """Raw vocabulary strings ("Ġtotal", "▁total", "Ċ") as text (" total", a line break); decoded text unchanged.
+
+    Lets summaries and pictures read artefacts written with `convert_ids_to_tokens` as well as with
+    `token_strings`.
+    """
+    return text.translate(_MARKERS)

@@ -106,9 +106,10 @@ def build_predictor_batch(
 
     batch: B examples (ids right-padded). keep: [B, L_r] float, 1 = kept (straight-through Gumbel sample,
     or ones for no mask). prefix_lengths: [B, P]; row b * P + p uses the first prefix_lengths[b, p]
-    rationale tokens. answer_cue_ids: [C] long. mask_vector: [D], needed for 'mask_embedding'.
-    A masked token's embedding becomes keep * emb + (1 - keep) * mask_vector ('mask_embedding'),
-    keep * emb ('zero'), or the token is removed ('drop', its kept neighbours still see keep * emb).
+    rationale tokens (a prefix of the original rationale, also for 'drop'). answer_cue_ids: [C] long.
+    mask_vector: [D], needed for 'mask_embedding' and 'drop'. A rationale token's input embedding becomes
+    keep * emb + (1 - keep) * mask_vector ('mask_embedding'), keep * emb ('zero'); 'drop' removes tokens
+    with keep < 0.5 and mixes the others as 'mask_embedding' does, so that they carry the gradient.
     """
     device = batch.rationale.device
     b, p = prefix_lengths.shape
@@ -121,9 +122,9 @@ def build_predictor_batch(
     rationale_emb = emb(batch.rationale)  # [B, L_r, D]
     if representation in ("mask_embedding", "drop"):
         if mask_vector is None:
-            raise ValueError("mask_representation='mask_embedding' needs a mask_vector")
+            raise ValueError(f"mask_representation={representation!r} needs a mask_vector")
         rationale_emb = keep[..., None] * rationale_emb + (1.0 - keep[..., None]) * mask_vector.to(dtype)
-    else:  # 'zero' masks by scaling; 'drop' scales too, so kept tokens carry the gradient of keep
+    else:  # 'zero'
         rationale_emb = keep[..., None] * rationale_emb
 
     l_q, l_r, l_a = batch.question.shape[1], batch.rationale.shape[1], batch.answer.shape[1]

@@ -95,13 +95,18 @@ class WeightingConfig(BaseModel):
         "mask_embedding",
         description="How a masked token reaches the predictor. 'mask_embedding': its input embedding is "
         "replaced by one learned vector (m_j * emb_j + (1 - m_j) * mask_vec); 'zero': replaced by zeros; "
-        "'drop': removed from the sequence (positions close up). 'drop' gives gradients only through kept "
-        "tokens (a masked token's embedding is absent, so its gradient comes from L_m alone in that step).",
+        "'drop': removed from the sequence when its sample is below 0.5 (positions close up), the kept ones "
+        "mixed with the mask vector as in 'mask_embedding' (a dropped token's gradient then comes from L_m "
+        "alone in that step). Measured: 'mask_embedding' and 'drop' separate keypoints equally well, 'zero' "
+        "less (RMSNorm models ignore the scale of an input vector, so a scaled-down token still reads as itself).",
     )
     hard_mask: bool = Field(
-        True,
-        description="True: hard 0/1 samples in the forward pass with the relaxed sample's gradient "
-        "(straight-through). False: the relaxed sample itself (values in (0, 1)) goes forward.",
+        False,
+        description="True: hard 0/1 samples go forward with the relaxed sample's gradient (straight-through "
+        "Gumbel-Softmax). False: the relaxed sample itself (values in (0, 1), near 0/1 once w saturates) goes "
+        "forward. Measured: straight-through masks every token, keypoints included, in 8 of 8 runs (the "
+        "predictor's response to swapping an embedding is far from linear, so the straight-through gradient "
+        "hardly sees the keypoints), the relaxed sample separates them in 52 of 52.",
     )
     temperature_start: float = Field(1.0, gt=0.0, description="Gumbel-Softmax temperature at the first step.")
     temperature_end: float = Field(
@@ -119,7 +124,7 @@ class WeightingConfig(BaseModel):
 
     # --- the answer predictor (Eq. 5) ---
     predictor_mode: PredictorMode = Field(
-        "full",
+        "lora",
         description="Which predictor parameters train with the module: 'frozen' (none; gradients still "
         "flow through it to the module), 'lora' (LoRA adapters, see lora_rank), 'full' (all). The paper "
         "fine-tunes a pre-trained FlanT5-Large; 'frozen' only works if the predictor already answers from "
@@ -141,16 +146,30 @@ class WeightingConfig(BaseModel):
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling alpha when predictor_mode is 'lora'.")
 
     # --- optimisation ---
-    lr: float = Field(3e-3, gt=0.0, description="Adam learning rate of the weighting module and the mask vector.")
-    predictor_lr: float = Field(
+    lr: float = Field(
         1e-3,
         gt=0.0,
-        description="Adam learning rate of the trainable predictor parameters. For a real pre-trained "
-        "predictor use about 1e-4 (LoRA) or 1e-5 (full); the default suits tiny models trained from scratch.",
+        description="Adam learning rate of the weighting module and the mask vector. 3e-3 converges faster "
+        "but collapsed (every token masked) in 2 of 18 runs with a trainable predictor; 1e-3 in 0 of 36.",
+    )
+    predictor_lr: float = Field(
+        1e-4,
+        gt=0.0,
+        description="Adam learning rate of the trainable predictor parameters (LoRA adapters or all "
+        "weights). A predictor that learns fast can learn to read the faint trace of a softly masked "
+        "token, and then the module masks keypoints too; keep it below the module's lr (about 1e-5 for "
+        "'full' on a real pre-trained model).",
     )
     batch_size: int = Field(16, ge=1, description="Rationales per step; each contributes num_prefix_lengths predictor rows.")
     epochs: int = Field(3, ge=1, description="Passes over the examples (ignored when max_steps is set).")
     max_steps: int | None = Field(None, ge=1, description="Joint training steps; overrides epochs when set.")
+    max_train_examples: int | None = Field(
+        None,
+        ge=1,
+        description="Train on at most this many examples (a seeded random subset); the weights are still "
+        "computed for every example. The module reads tokens in context, not example identities, so a "
+        "subset of a few hundred rationales is a cheap way to cut the predictor's cost on a CPU.",
+    )
     grad_clip: float = Field(1.0, gt=0.0, description="Max global gradient norm per step.")
     seed: int = Field(0, description="Seeds module init, batch order, Gumbel noise and prefix sampling.")
 

@@ -109,7 +109,7 @@ def gumbel_keep_mask(
     if not hard:
         return soft_keep
     hard_keep = (soft_keep > 0.5).to(soft_keep.dtype)  # argmax over the two classes
-    return hard_keep + soft_keep - soft_keep.detach()
+    return hard_keep + (soft_keep - soft_keep.detach())  # exactly 0/1 forward, gradient of soft_keep
 
 
 def temperature_at(step: int, total_steps: int, config: WeightingConfig) -> float:

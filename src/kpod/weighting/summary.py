@@ -13,7 +13,7 @@ import string
 from collections import defaultdict
 from typing import Iterable, Mapping
 
-from kpod.weighting.artefact import WeightedRationale, as_weighted_rationale
+from kpod.weighting.artefact import WeightedRationale, as_weighted_rationale, readable_token
 
 TOKEN_CLASSES = ("digit", "operator", "cue_word", "other_word", "punctuation", "whitespace", "other")
 
@@ -28,13 +28,13 @@ MULTIPLY_WORDS = frozenset({"x"})  # "3 x 4": in math rationales a lone x is the
 
 
 def classify_token(text: str) -> str:
-    """Class of one token's text (leading/trailing spaces ignored), one of TOKEN_CLASSES.
+    """Class of one token's text (leading/trailing spaces and "Ġ"/"▁" markers ignored), one of TOKEN_CLASSES.
 
     digit: only digits with optional "." or "," inside ("3", "12", "1.5", "2,000"); operator: only
     operator characters, or a lone "x"; cue_word: one of CUE_WORDS (any case); other_word: letters only;
     punctuation: only punctuation or symbols such as "$"; whitespace: nothing visible; other: mixtures.
     """
-    s = text.strip()
+    s = readable_token(text).strip()
     if not s:
         return "whitespace"
     if any(c.isdigit() for c in s) and all(c.isdigit() or c in ".," for c in s):
@@ -73,7 +73,7 @@ def summarize_weights(
             cls = classify_token(text)
             class_sum[cls] += weight
             class_count[cls] += 1
-            key = text.strip().lower()
+            key = readable_token(text).strip().lower()
             token_sum[key] += weight
             token_count[key] += 1
 

@@ -1,7 +1,8 @@
 """Training and inference of the rationale token weighting module (KPOD Sec. 3.3, Eqs. 4-7).
 
 One step, for a batch of rationales:
-  1. w = sigmoid(module(r)) and a hard straight-through Gumbel-Softmax sample m (Eq. 4, annealed temperature);
+  1. w = sigmoid(module(r)) and a Gumbel-Softmax sample m over {keep, mask} (Eq. 4, annealed temperature):
+     the relaxed sample by default, the hard straight-through one with `hard_mask=True`;
   2. for a few sampled prefix lengths k per rationale, the predictor reads [question][r[m]_<k][cue][answer]
      through `inputs_embeds` and is scored on the answer tokens: L_p (Eq. 5);
   3. L_m = mean_j m_j (or sum_j m_j, Eq. 6) and L = L_p + alpha * L_m (Eq. 7); module, mask vector and the
@@ -11,10 +12,15 @@ After training, the weights are the deterministic w_j = sigmoid(f_w(e_j)) (no sa
     weights, stats = train_token_weighting(examples, student.get_input_embeddings(), predictor,
                                            WeightingConfig(), answer_cue_ids=tok(" Therefore, the answer is").input_ids)
 
-Defaults, measured on the synthetic keypoint task of `tests/test_weighting.py` (tiny 2-layer Llama, 64 wide,
-predictor trained from scratch jointly with the module): see `WeightingConfig` and the project docs for the
-table; in short, 'mask_embedding' separates keypoints from filler best, a start keep probability of 0.9 and
-exponential annealing 1.0 -> 0.5 train stably, and two prefix lengths per example are enough.
+The predictor must already answer from question + rationale (a pre-trained LM, or `predictor_warmup_steps`):
+with an untrained predictor the answer loss carries no signal yet, the mask loss masks every token within
+a few dozen steps, and a rationale with every token masked gives the predictor nothing to learn from.
+It should also not be able to memorise answers (a few epochs, LoRA rather than full fine-tuning): a
+predictor that knows the answer from the question alone lets the module mask everything.
+
+Defaults were chosen on the synthetic keypoint task of `tests/test_weighting.py` (a 2-layer, 64-wide Llama
+pre-trained to answer with the two digits hidden among ten filler tokens; success = digits w > 0.9,
+filler w < 0.1 after 100-200 steps); the reasons are in the field descriptions of `WeightingConfig`.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import copy
 import inspect
 import math
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -64,7 +71,9 @@ def prepare_predictor(predictor: nn.Module, config: WeightingConfig) -> nn.Modul
             r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0,
             target_modules="all-linear", task_type="CAUSAL_LM",
         )
-        predictor = get_peft_model(predictor, lora)
+        with warnings.catch_warnings():  # transformers' deprecation notices raised from inside peft
+            warnings.simplefilter("ignore", FutureWarning)
+            predictor = get_peft_model(predictor, lora)
     elif config.predictor_mode == "frozen":
         predictor.requires_grad_(False)
     else:
@@ -130,7 +139,13 @@ def fit_weighting_module(
     usable = [e for e in examples if e.rationale_ids and e.answer_ids]  # nothing to weight or to score otherwise
     if not usable:
         raise ValueError("no example has both rationale and answer tokens")
+    if config.max_train_examples is not None and len(usable) > config.max_train_examples:
+        chosen = torch.randperm(len(usable), generator=torch.Generator().manual_seed(config.seed))
+        usable = [usable[i] for i in sorted(chosen[: config.max_train_examples].tolist())]
     device = next(predictor.parameters()).device
+    # 'frozen' trains no copy: remember the caller's flags and mode to give the model back as it came.
+    caller_state = ([p.requires_grad for p in predictor.parameters()], predictor.training)
+    caller_predictor = predictor
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         predictor = prepare_predictor(predictor, config)
@@ -202,12 +217,16 @@ def fit_weighting_module(
                 bar.set_postfix(loss=f"{loss.item():.3f}", keep=f"{ratio.item():.2f}", tau=f"{tau:.2f}")
         elapsed = time.perf_counter() - start
 
+    if config.predictor_mode == "frozen":
+        for p, flag in zip(caller_predictor.parameters(), caller_state[0]):
+            p.requires_grad_(flag)
+        caller_predictor.train(caller_state[1])
     seen = (total_steps + warmup_steps) * config.batch_size
     stats.update(
         steps=total_steps,
         warmup_steps=warmup_steps,
-        num_examples=len(usable),
-        skipped_examples=len(examples) - len(usable),
+        train_examples=len(usable),
+        skipped_examples=sum(1 for e in examples if not (e.rationale_ids and e.answer_ids)),
         train_seconds=elapsed,
         examples_per_second=seen / elapsed if elapsed > 0 else float("nan"),
         final_keep_ratio=float(np.mean(stats["keep_ratio"][-max(1, total_steps // 10) :])),

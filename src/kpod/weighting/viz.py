@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from kpod.weighting.artefact import WeightedRationale, as_weighted_rationale
+from kpod.weighting.artefact import WeightedRationale, as_weighted_rationale, readable_token
 
 RED = (220, 38, 38)
 
@@ -66,7 +66,7 @@ def weights_to_html(rows: Iterable[WeightedRationale | Mapping], title: str = "R
                 parts.append(f"<span class='s'><span class='n'>{starts[j]}</span></span>")
             parts.append(
                 f"<span class='t' title='{weight:.3f}' "
-                f"style='background:rgba({RED[0]},{RED[1]},{RED[2]},{weight:.3f})'>{html.escape(text)}</span>"
+                f"style='background:rgba({RED[0]},{RED[1]},{RED[2]},{weight:.3f})'>{html.escape(readable_token(text))}</span>"
             )
         parts.append("</div>")
     parts.append("</body></html>")
@@ -106,7 +106,7 @@ def write_weights_png(
         lines += 1
         column, starts = 0, _step_starts(row)
         for j, (text, weight) in enumerate(zip(row.tokens, row.weights)):
-            shown = text.replace("\n", "⏎")
+            shown = readable_token(text).replace("\n", "⏎")
             width = max(len(shown), 1)
             if column + width > chars_per_line and column > 0:
                 lines, column = lines + 1, 0
@@ -114,10 +114,13 @@ def write_weights_png(
             column += width
         lines += 2  # the last line of this rationale and a gap
 
-    char_w, line_h = 0.085, 0.3  # inches per character and per line at font size 8
-    fig = Figure(figsize=(chars_per_line * char_w + 1.2, max(lines, 1) * line_h + 0.6), dpi=dpi)
+    # One x unit = one monospace character (0.6 em of an 8 pt font), one y unit = one line.
+    char_w, line_h, margin, bar_w = 0.6 * 8 / 72, 0.24, 0.15, 1.0  # inches
+    text_w, text_h = chars_per_line * char_w, max(lines, 1) * line_h
+    fig_w, fig_h = text_w + 2 * margin + bar_w, text_h + 2 * margin
+    fig = Figure(figsize=(fig_w, fig_h), dpi=dpi)
     FigureCanvasAgg(fig)
-    ax = fig.add_axes((0.01, 0.02, 0.86, 0.96))
+    ax = fig.add_axes((margin / fig_w, margin / fig_h, text_w / fig_w, text_h / fig_h))
     ax.set_xlim(0, chars_per_line)
     ax.set_ylim(max(lines, 1), 0)
     ax.axis("off")
@@ -131,7 +134,7 @@ def write_weights_png(
                 color="white" if weight > 0.65 else "black")
         if starts_step:
             ax.plot([column, column], [line + 0.05, line + 0.95], color="black", linewidth=2)
-    colorbar_axes = fig.add_axes((0.9, 0.1, 0.02, 0.8))
+    colorbar_axes = fig.add_axes(((fig_w - 0.7) / fig_w, 0.1, 0.15 / fig_w, 0.8))
     fig.colorbar(ScalarMappable(norm=Normalize(0, 1), cmap=cmap), cax=colorbar_axes, label="weight")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
