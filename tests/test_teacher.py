@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from kpod.cli import build_parser
 from kpod.config import ConfigError
 from kpod.data.records import Question, Rationale, read_jsonl
 from kpod.evaluation.generate import token_sampler
-from kpod.teacher import FatalTeacherError, TeachRun, load_teach_config, load_teach_questions, run_teach
+from kpod.teacher import FatalTeacherError, load_teach_config, load_teach_questions, run_teach
 from kpod.teacher.backends import TeacherReply
 from kpod.teacher.retry import parse_retry_after
 from kpod.teacher.zero_shot_cot import ZeroShotCoT, split_answer_statement
@@ -107,6 +108,8 @@ def test_config_errors_name_the_field(tmp_path):
     path.write_text("model: from-yaml\nconcurrency: 3\n")
     cfg = load_teach_config(path, {"concurrency": 5})
     assert (cfg.model, cfg.concurrency) == ("from-yaml", 5)
+    args = build_parser().parse_args(["teach", str(path), "--concurrency", "5", "--max-retries", "2"])
+    assert not hasattr(args, "model") and (args.concurrency, args.max_retries) == (5, 2)  # absent flags keep the YAML
 
 
 def test_token_sampler_is_seeded_and_top_p_keeps_the_top_token():

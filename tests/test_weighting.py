@@ -367,3 +367,25 @@ def test_raw_vocabulary_tokens_are_read_like_decoded_ones(tmp_path):
     assert summary["shown"] in (["q1#0"], ["q2#0"]) and summary["num_rationales"] == 2
     assert "Ġ" not in (tmp_path / "weights.html").read_text(encoding="utf-8")
     assert {p.name for p in tmp_path.iterdir()} >= {"summary.json", "weights.html", "weights.png"}
+
+
+@pytest.mark.slow
+def test_real_student_as_embedding_and_predictor():
+    from kpod.models import load_student
+    from kpod.weighting import token_strings
+
+    model, tok = load_student("smollm2-135m-instruct")
+    items = [
+        ("Q: Tom has 3 apples and buys 4 more. How many apples does he have?\nA:", " He has 3 + 4 = 7 apples.", " 7."),
+        ("Q: A box holds 6 pens. How many pens are in 5 boxes?\nA:", " Each box has 6 pens, so 5 x 6 = 30.", " 30."),
+    ]
+    examples = [WeightingExample(tok(q).input_ids, tok(r).input_ids, tok(a).input_ids) for q, r, a in items]
+    before = model.get_input_embeddings().weight.detach().clone()
+    config = WeightingConfig(max_steps=2, batch_size=2, num_prefix_lengths=1)  # default mode: LoRA on a copy
+    weights, stats = train_token_weighting(
+        examples, model.get_input_embeddings(), model, config, tok(" Therefore, the answer is").input_ids, progress=False
+    )
+    assert [len(w) for w in weights] == [len(e.rationale_ids) for e in examples]
+    assert all(((w > 0) & (w < 1)).all() for w in weights) and np.isfinite(stats["loss"]).all()
+    assert torch.equal(model.get_input_embeddings().weight, before)
+    assert "".join(token_strings(tok, examples[0].rationale_ids)) == items[0][1]

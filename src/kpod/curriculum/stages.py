@@ -22,9 +22,11 @@ from kpod.config import KpodSettings, RunConfig
 from kpod.curriculum.clusters import cluster_questions
 from kpod.curriculum.difficulty import step_difficulties, target_token_nll
 from kpod.curriculum.schedule import compute_schedule
-from kpod.data.records import Question, read_jsonl, write_jsonl
+from kpod.data.records import Question
 from kpod.distill.examples import EncodedExample
+from kpod.weighting.artefact import WeightedRationale, load_weights_jsonl, save_weights_jsonl, token_strings
 from kpod.weighting.config import WeightingExample
+from kpod.weighting.report import write_weighting_report
 from kpod.weighting.train import train_token_weighting
 
 log = logging.getLogger(__name__)
@@ -51,20 +53,19 @@ def run_weighting(tokenizer, examples, questions, predictor, settings: KpodSetti
     )
     stats["wall_s"] = round(time.time() - t0, 1)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = (
-        {"rationale_key": ex.key, "tokens": tokenizer.convert_ids_to_tokens(ex.target_ids[: ex.answer_start]),
-         "token_ids": ex.target_ids[: ex.answer_start], "weights": [round(float(x), 6) for x in w],
-         "step_spans": [list(s) for s in ex.step_spans]}
+    save_weights_jsonl(out_dir / "weights.jsonl", (
+        WeightedRationale(ex.key, token_strings(tokenizer, ex.target_ids[: ex.answer_start]),
+                          ex.target_ids[: ex.answer_start], w.tolist(), [list(s) for s in ex.step_spans])
         for ex, w in zip(examples, weights)
-    )
-    write_jsonl(out_dir / "weights.jsonl", rows)
+    ))
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=1, default=str))
+    write_weighting_report(out_dir, seed=settings.weighting.seed)
     log.info("weighting: %.0f s, mean weight %.3f", stats["wall_s"], stats.get("mean_weight", float("nan")))
     return weights
 
 
 def load_weights(path: Path, examples: list[EncodedExample]) -> list[np.ndarray]:
-    by_key = {row["rationale_key"]: np.asarray(row["weights"], dtype=np.float32) for _, row in read_jsonl(path)}
+    by_key = {row.rationale_key: np.asarray(row.weights, dtype=np.float32) for row in load_weights_jsonl(path)}
     missing = [ex.key for ex in examples if ex.key not in by_key]
     if missing:
         raise ValueError(f"{path}: no weights for {len(missing)} examples, e.g. {missing[:3]}")

@@ -103,7 +103,7 @@ class TeachConfig(_Strict):
     # outputs
     out: str = Field("runs/teach", description="output folder: rationales.jsonl, rejected.jsonl, failures.jsonl, summary.json")
     cache: str | None = Field(None, description="SQLite reply cache; default OUT/cache.sqlite (share one across runs to reuse replies)")
-    keep_wrong: bool = Field(False, description="also write rationales with a wrong or missing answer to rationales.jsonl (correct=false)")
+    keep_wrong: bool = Field(False, description="also write rationales with a wrong or missing answer to rationales.jsonl (correct=false); empty ones never")
     prices: PriceConfig = Field(default_factory=PriceConfig)
 
     @model_validator(mode="after")

@@ -19,7 +19,14 @@ import email.utils
 import time
 from typing import Callable, Mapping, TypeVar
 
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
 
 from kpod.teacher.config import RetryConfig
 
@@ -66,8 +73,9 @@ class _WaitRetryAfterOrBackoff:
 
     def __init__(self, policy: RetryConfig):
         self.policy = policy
-        self.backoff = wait_exponential_jitter(
-            multiplier=policy.backoff_initial_s, max=policy.backoff_max_s, jitter=policy.backoff_initial_s / 4
+        # initial * 2**k (capped) plus up to a quarter of `initial` of jitter, so parallel workers do not retry in step
+        self.backoff = wait_exponential(multiplier=policy.backoff_initial_s, max=policy.backoff_max_s) + wait_random(
+            0, policy.backoff_initial_s / 4
         )
 
     def __call__(self, state: RetryCallState) -> float:

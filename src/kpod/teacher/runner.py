@@ -40,7 +40,7 @@ from kpod.teacher.backends import (
 from kpod.teacher.cache import ReplyCache
 from kpod.teacher.config import TeachConfig, dump_teach_config
 from kpod.teacher.outputs import StreamingWriter, Tally, TeachPaths
-from kpod.teacher.zero_shot_cot import KEPT, ZeroShotCoT
+from kpod.teacher.zero_shot_cot import EMPTY, KEPT, ZeroShotCoT
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class TeachRun:
                 writer.write(self.paths.failures, {"id": outcome.question.id, "sample": outcome.sample, "turn": turn,
                                                    "kind": failure.kind, "status": failure.status,
                                                    "attempts": failure.attempts, "message": failure.message})
-            elif outcome.verdict == KEPT or self.cfg.keep_wrong:
+            elif outcome.verdict == KEPT or (self.cfg.keep_wrong and outcome.verdict != EMPTY):
                 writer.write(self.paths.rationales, outcome.rationale.to_json())
                 tally.written += 1
             else:

@@ -26,9 +26,10 @@ from kpod.data.records import Question, Rationale
 from kpod.teacher.backends import TeacherReply, TeacherRequest
 from kpod.teacher.config import DEFAULT_CHAT_INSTRUCTION, TeachConfig
 
-# The closing answer statement of a rationale: "Therefore, the answer is 42." / "So the final answer is (B)".
+# The closing answer statement of a rationale: "Therefore, the answer is 42." / "So the final answer is (B)" /
+# a GSM8K-style "#### 42".
 _ANSWER_STATEMENT = re.compile(
-    r"(?:\b(?:therefore|thus|hence|so)\s*,?\s*)?\b(?:the\s+)?(?:final\s+)?answer\s+is\b", re.IGNORECASE
+    r"(?:\b(?:therefore|thus|hence|so)\s*,?\s*)?\b(?:the\s+)?(?:final\s+)?answer\s+is\b|####", re.IGNORECASE
 )
 STOP_RUN_ON = ("\nQ:",)  # completion models invent the next few-shot item; stop there
 

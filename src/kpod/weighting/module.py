@@ -2,7 +2,8 @@
 
     e = Att(Emb(r))                  (Eq. 2)  frozen pre-trained input embedding, one trainable self-attention layer
     w_j = sigmoid(f_w(e_j))          (Eq. 3)  f_w a two-layer MLP; w_j = probability that token j is kept
-    m_j = GumbelSoftmax(w_j)         (Eq. 4)  hard keep (1) / mask (0) sample, straight-through gradient
+    m_j = GumbelSoftmax(w_j)         (Eq. 4)  a sample over {keep (1), mask (0)}: relaxed (in (0, 1)) by
+                                              default, or hard with the straight-through gradient
 
 The self-attention layer is a pre-norm residual block (e = x + MHA(LN(x)), x = projected embedding +
 sinusoidal positions): the residual keeps each token's own identity, which the weight depends on most,
@@ -34,7 +35,8 @@ class TokenWeightingModule(nn.Module):
     """Maps rationale token ids to keep probabilities w_j in (0, 1) (Eqs. 2-3).
 
     The embedding table is copied and frozen, so the module stays fixed even when the model it came
-    from trains on (the student, or a predictor in 'full' mode that shares it).
+    from trains on (the student, or a predictor in 'full' mode that shares it). The copy is not part of
+    `state_dict()`: to reload saved weights, build the module from the same embedding first.
     """
 
     def __init__(self, embedding: nn.Embedding | torch.Tensor, config: WeightingConfig):
