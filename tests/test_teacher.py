@@ -90,6 +90,9 @@ def test_zero_shot_cot_requests_and_rationales(tmp_path):
     _, verdict = chat.to_rationale(question, 0, TeacherReply("The answer is 5."))
     assert verdict == "empty_rationale"
     assert split_answer_statement("a. So the final answer is (B).") == ("a.", "So the final answer is (B).")
+    assert split_answer_statement("2 + 3 = 5.\n#### 5\nThe answer is 5.") == ("2 + 3 = 5.", "#### 5\nThe answer is 5.")
+    assert split_answer_statement("So the answer is 6. Wait: 2 + 3 = 5. Therefore, the answer is 5.")[0] == \
+        "So the answer is 6. Wait: 2 + 3 = 5."
 
 
 def test_retry_after_header_forms():
@@ -167,7 +170,7 @@ def test_429_waits_for_retry_after(tmp_path):
         gaps = {p: server.arrivals[p][1] - server.arrivals[p][0] for p in server.arrivals}
     rate_limited, server_error = (next(g for p, g in gaps.items() if s in p) for s in ("1 + 1", "2 + 2"))
     assert 0.95 <= rate_limited < 3.0, rate_limited
-    assert server_error < 0.5, server_error
+    assert server_error < 0.8, server_error
     assert summary["kept"] == 2 and summary["requests"]["retries"] == 2
     assert summary["requests"]["retry_reasons"] == {"rate_limit": 1, "server_error": 1}
 
@@ -177,7 +180,7 @@ def test_server_errors_timeouts_and_malformed_bodies(tmp_path):
     script = {
         "0 + 10": lambda attempt: Fault(500) if attempt <= 2 else None,  # recovers
         "1 + 10": lambda attempt: Fault(503),  # never recovers
-        "2 + 10": lambda attempt: Fault(delay=1.5) if attempt == 1 else None,  # first attempt times out
+        "2 + 10": lambda attempt: Fault(delay=2.5) if attempt == 1 else None,  # first attempt times out
         "3 + 10": lambda attempt: Fault(body=b"<html>not json</html>") if attempt == 1 else None,
         "4 + 10": lambda attempt: Fault(body=b'{"id": "x", "choices": []}') if attempt == 1 else None,
     }
@@ -186,7 +189,7 @@ def test_server_errors_timeouts_and_malformed_bodies(tmp_path):
         return next((make(attempt) for key, make in script.items() if key in prompt), None)
 
     with FakeTeacherServer(faults=faults) as server:
-        cfg = teach_cfg(tmp_path, server, file, timeout_s=0.4)
+        cfg = teach_cfg(tmp_path, server, file, timeout_s=1.0)
         summary = run_teach(cfg, progress=False)
         counts = {key: next(n for p, n in server.requests.items() if key in p) for key in script}
     assert counts == {"0 + 10": 3, "1 + 10": 4, "2 + 10": 2, "3 + 10": 2, "4 + 10": 2}  # 4 = 1 + max_retries

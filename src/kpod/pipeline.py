@@ -125,25 +125,30 @@ class Pipeline:
         torch.manual_seed(cfg.seed)
 
     # Each stage: fingerprint of what it depends on, then work unless cached.
+    def cached(self, stage: str, fp: str, work) -> None:
+        """Run `work()` unless `stage` already finished with the same fingerprint; time it and record it."""
+        if self.stages.is_done(stage, fp):
+            return
+        t0 = time.time()
+        work()
+        self.timings[stage] = time.time() - t0
+        self.stages.mark(stage, fp)
+
     def stage_data(self) -> tuple[dict[str, Question], list[Rationale]]:
-        fp = fingerprint(self.cfg.data)
-        if not self.stages.is_done("data", fp):
-            t0 = time.time()
+        def work():
             questions, rationales, report = collect_rationales(self.cfg)
             write_jsonl(self.paths.rationales, (r.to_json() for r in rationales))
             write_jsonl(self.paths.data_dir / "train_questions.jsonl", (q.to_json() for q in questions))
             self.paths.data_report.write_text(json.dumps(report, indent=1))
             log.info("data: %s", json.dumps(report))
-            self.timings["data"] = time.time() - t0
-            self.stages.mark("data", fp)
+
+        self.cached("data", fingerprint(self.cfg.data), work)
         questions = {row["id"]: Question(**row) for _, row in read_jsonl(self.paths.data_dir / "train_questions.jsonl")}
         rationales = [Rationale.from_json(row) for _, row in read_jsonl(self.paths.rationales)]
         return questions, rationales
 
     def stage_encode(self, tokenizer, questions, rationales) -> list[EncodedExample]:
-        fp = fingerprint(self.cfg.data, self.cfg.student.name)
-        if not self.stages.is_done("encode", fp):
-            t0 = time.time()
+        def work():
             d = self.cfg.data
             examples, report = encode_examples(
                 tokenizer, questions, rationales, prompt_template=d.prompt_template,
@@ -153,8 +158,8 @@ class Pipeline:
             write_jsonl(self.paths.examples, (e.to_json() for e in examples))
             (self.paths.data_dir / "encode_report.json").write_text(json.dumps(report, indent=1))
             log.info("encode: %s", json.dumps(report))
-            self.timings["encode"] = time.time() - t0
-            self.stages.mark("encode", fp)
+
+        self.cached("encode", fingerprint(self.cfg.data, self.cfg.student.name), work)
         return [EncodedExample(**{**row, "step_spans": [tuple(s) for s in row["step_spans"]]})
                 for _, row in read_jsonl(self.paths.examples)]
 
@@ -188,16 +193,14 @@ class Pipeline:
         from kpod.curriculum import stages as ks
 
         cfg = self.cfg
-        fp = fingerprint(cfg.data, cfg.student.name, cfg.kpod.weighting, cfg.seed)
-        if not self.stages.is_done("weigh", fp):
-            t0 = time.time()
+
+        def work():
             torch.manual_seed(cfg.seed)
             predictor, _ = load_student(cfg.student.name)  # a separate copy: the student stays un-distilled
             ks.run_weighting(tokenizer, examples, questions, predictor, cfg.kpod, self.paths.weighting_dir,
                              self.progress)
-            del predictor
-            self.timings["weigh"] = time.time() - t0
-            self.stages.mark("weigh", fp)
+
+        self.cached("weigh", fingerprint(cfg.data, cfg.student.name, cfg.kpod.weighting, cfg.seed), work)
         return ks.load_weights(self.paths.token_weights, examples)
 
     def stage_kpod(self, model, tokenizer, questions, examples) -> tuple[list | None, np.ndarray]:
@@ -206,28 +209,16 @@ class Pipeline:
 
         cfg, k, paths = self.cfg, self.cfg.kpod, self.paths
         weights = self.stage_weights(tokenizer, questions, examples) if k.token_weights else None
-        fp = fingerprint(cfg.data, cfg.student.name, k.token_weights, k.weighting, k.weighted_difficulty)
         difficulty = paths.curriculum_dir / "difficulty.json"
-        if not self.stages.is_done("difficulty", fp):
-            t0 = time.time()
-            ks.run_difficulty(model, tokenizer, examples, weights, k, difficulty, self.progress)
-            self.timings["difficulty"] = time.time() - t0
-            self.stages.mark("difficulty", fp)
-        diffs = ks.load_difficulty(difficulty, examples)
         clusters_path, schedule_path = paths.curriculum_dir / "clusters.json", paths.curriculum_dir / "schedule.json"
-        fp = fingerprint(cfg.data, k.clusters, cfg.seed)
-        if not self.stages.is_done("clusters", fp):
-            t0 = time.time()
-            ks.run_clusters(examples, questions, k, cfg.seed, clusters_path)
-            self.timings["clusters"] = time.time() - t0
-            self.stages.mark("clusters", fp)
+        self.cached("difficulty", fingerprint(cfg.data, cfg.student.name, k.token_weights, k.weighting, k.weighted_difficulty),
+                    lambda: ks.run_difficulty(model, tokenizer, examples, weights, k, difficulty, self.progress))
+        diffs = ks.load_difficulty(difficulty, examples)
+        self.cached("clusters", fingerprint(cfg.data, k.clusters, cfg.seed),
+                    lambda: ks.run_clusters(examples, questions, k, cfg.seed, clusters_path))
         clusters = ks.load_clusters(clusters_path, examples)
-        fp = fingerprint(cfg.data, cfg.student.name, k, cfg.train.epochs, cfg.seed)
-        if not self.stages.is_done("schedule", fp):
-            t0 = time.time()
-            ks.run_schedule(diffs, clusters, cfg, schedule_path)
-            self.timings["schedule"] = time.time() - t0
-            self.stages.mark("schedule", fp)
+        self.cached("schedule", fingerprint(cfg.data, cfg.student.name, k, cfg.train.epochs, cfg.seed),
+                    lambda: ks.run_schedule(diffs, clusters, cfg, schedule_path))
         return weights, ks.load_schedule(schedule_path)
 
     def stage_train(self, model, tokenizer, examples: list[EncodedExample], weights=None, given_steps=None):

@@ -38,12 +38,20 @@ KEPT, WRONG_ANSWER, NO_ANSWER, EMPTY = "kept", "wrong_answer", "no_answer", "emp
 
 
 def split_answer_statement(text: str) -> tuple[str, str | None]:
-    """(reasoning, closing answer statement or None): cut at the last "... the answer is"."""
+    """(reasoning, closing answer statement(s) or None).
+
+    Cut at the last "... the answer is" / "####", and further back over statements that directly precede it
+    ("#### 51\nThe answer is 51."), but not over reasoning that follows an early statement."""
     matches = list(_ANSWER_STATEMENT.finditer(text))
     if not matches:
         return text.strip(), None
-    start = matches[-1].start()
-    return text[:start].strip(), text[start:].strip()
+    cut = matches[-1].start()
+    for match in reversed(matches[:-1]):
+        between = text[match.start() : cut].strip()
+        if "\n" in between or re.search(r"[.!?]\s+\S", between):  # more than one statement sentence
+            break
+        cut = match.start()
+    return text[:cut].strip(), text[cut:].strip()
 
 
 class ZeroShotCoT:
