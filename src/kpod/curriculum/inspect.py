@@ -43,7 +43,7 @@ def plot_schedule(schedule: dict, path: Path) -> None:
     ax.plot(stages, [r["target_difficulty"] for r in recs], "o--", label="D(t) target")
     ax.plot(stages, [r["realised_difficulty"] for r in recs], "s-", label="realised sum of h_i(t)")
     ax.axhline(schedule["settings"]["total_difficulty"], color="grey", lw=0.8, label="B (everything generated)")
-    ax.set_xlabel("stage t (epoch)")
+    ax.set_xlabel("stage t")
     ax.set_ylabel("total difficulty")
     ax.set_title("KPOD progressive schedule")
     ax.legend(loc="lower right", fontsize=8)
