@@ -8,6 +8,7 @@
     kpod data stats                               # split counts of every dataset, as JSON
     kpod data rationales --dataset svamp          # import a released rationale set, report drops
     kpod teach --dataset svamp --backend openai --model gpt-3.5-turbo --out runs/teach-svamp   # teacher rationales
+    kpod experiment configs/experiments/svamp-paper.yaml   # methods x datasets x seeds, then the paper's tables
 """
 
 from __future__ import annotations
@@ -155,6 +156,41 @@ def cmd_teach(args) -> int:
     return 0
 
 
+def cmd_experiment(args) -> int:
+    from kpod.experiment import run_experiment
+
+    out = run_experiment(args.config, runs_root=args.runs_root, results_dir=args.results_dir, runner=args.runner,
+                         device=args.device, methods=args.method or None, seeds=args.seed or None,
+                         dry_run=args.dry_run, report_only=args.report_only, fail_fast=args.fail_fast,
+                         progress=not args.no_progress)
+    if args.dry_run:
+        for c in out["cells"]:
+            print(f"{c['cell']:<40} {'done' if c['done'] else 'to run' if c['selected'] else 'not selected'}")
+        return 0
+    for text in out["tables"].values():
+        print(text + "\n")
+    print(f"results: {Path(args.results_dir) / (out['experiment'] + '.json')}")
+    return 1 if any(r["status"] == "failed" for r in out["ran"]) else 0
+
+
+def _add_experiment_parser(sub) -> None:
+    x = sub.add_parser("experiment", help="a grid of methods x datasets x seeds (each a `kpod run`), then result tables",
+                       description="Runs the unfinished cells of an experiment file, then writes results/NAME.json, "
+                                   ".md and plots. See kpod.experiment for the file layout.")
+    x.add_argument("config", help="experiment YAML (configs/experiments/*.yaml)")
+    x.add_argument("--runs-root", default="runs", help="cells go to RUNS_ROOT/NAME/CELL (default runs)")
+    x.add_argument("--results-dir", default="results", help="where NAME.json, NAME.md and the plots go")
+    x.add_argument("--runner", choices=["subprocess", "in_process"], help="override the file's runner")
+    x.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the file's device")
+    x.add_argument("--method", action="append", default=[], help="run only this method (repeatable); the report covers all")
+    x.add_argument("--seed", action="append", type=int, default=[], help="run only this seed (repeatable)")
+    x.add_argument("--dry-run", action="store_true", help="list the cells and whether they are done; run nothing")
+    x.add_argument("--report-only", action="store_true", help="run nothing, write the report of the finished cells")
+    x.add_argument("--fail-fast", action="store_true", help="stop at the first failed cell")
+    x.add_argument("--no-progress", action="store_true")
+    x.set_defaults(fn=cmd_experiment)
+
+
 def _add_teach_parser(sub) -> None:
     t = sub.add_parser("teach", help="zero-shot CoT teacher rationales from an LLM backend (cached, resumable)",
                        description="Flags override the YAML config; see kpod.teacher.config for every field.")
@@ -244,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     dr.set_defaults(fn=cmd_data_rationales)
 
     _add_teach_parser(sub)
+    _add_experiment_parser(sub)
     return p
 
 

@@ -61,7 +61,9 @@ class StudentConfig(Strict):
 
 
 class TrainConfig(Strict):
-    method: Literal["plain", "kpod"] = Field("plain", description="plain CoT distillation (Eq. 1) or KPOD (Eq. 15)")
+    method: Literal["plain", "kpod", "scotd", "specialized_kd", "scott", "mcc_kd", "kpod_acl", "kpod_spl", "kpod_icl"] = Field(
+        "plain", description="plain CoT distillation (Eq. 1), KPOD (Eq. 15), a baseline (scotd, specialized_kd, scott, mcc_kd) "
+        "or KPOD with its schedule replaced by another curriculum (kpod_acl, kpod_spl, kpod_icl); see docs/methods.md")
     epochs: float = Field(1, gt=0, description="training epochs (KPOD: one schedule stage per epoch)")
     batch_size: int = Field(8, ge=1, description="examples per device step")
     grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
@@ -83,6 +85,7 @@ class EvalConfig(Strict):
     max_new_tokens: int = Field(200, ge=1, description="generation limit per answer")
     max_examples: int | None = Field(None, ge=1, description="evaluate only the first N questions of each split")
     zero_shot: bool = Field(False, description="also evaluate the un-distilled student (the 'no distillation' row)")
+    datasets: list[str] = Field([], description="other datasets whose splits are also evaluated (out-of-distribution), e.g. [asdiv, svamp] after training on gsm8k")
 
 
 class KpodSettings(Strict):
@@ -105,6 +108,48 @@ class KpodSettings(Strict):
     weighting: WeightingConfig = Field(default_factory=WeightingConfig, description="token weighting module and its training")
 
 
+class SpecializedKdSettings(Strict):
+    """Specialized KD (Fu et al. 2023): zero-shot and in-context training formats mixed."""
+
+    in_context_fraction: float = Field(0.5, ge=0, le=1, description="share of examples in the in-context format (solved demonstrations before the question); 0 = all zero-shot, 1 = all in-context")
+    demonstrations: int = Field(2, ge=1, description="solved training examples (question, rationale, answer) before the question in the in-context format")
+    answer_only_fraction: float = Field(0.0, ge=0, le=1, description="share of examples whose target is the answer sentence alone (the answer-only formats); 0 = chain of thought only")
+    max_length: int = Field(1024, ge=16, description="longest in-context example in tokens; demonstrations are dropped until it fits")
+
+
+class ScottSettings(Strict):
+    """SCOTT (Wang et al. 2023): factual plus counterfactual-reasoning loss."""
+
+    counterfactual_weight: float = Field(0.5, ge=0, description="L = L_factual + weight * L_counterfactual; 0 = plain distillation on the factual examples")
+
+
+class MccKdSettings(Strict):
+    """MCC-KD (Chen et al. 2023): answer consistency between rationales of the same question."""
+
+    consistency_weight: float = Field(0.1, ge=0, description="L = L_CE + weight * divergence between the answer-token distributions of paired rationales; 0 = SCoTD-like")
+    divergence: Literal["bidirectional_kl", "js"] = Field("bidirectional_kl", description="KL(p||q) + KL(q||p) (MCC-KD) or Jensen-Shannon")
+
+
+class BaselineSettings(Strict):
+    """Settings of the baseline CoT-distillation methods (SCoTD has none: it is plain distillation on every rationale)."""
+
+    specialized_kd: SpecializedKdSettings = Field(default_factory=SpecializedKdSettings)
+    scott: ScottSettings = Field(default_factory=ScottSettings)
+    mcc_kd: MccKdSettings = Field(default_factory=MccKdSettings)
+
+
+class CurriculumSettings(Strict):
+    """The curricula that replace KPOD's schedule (kpod_acl, kpod_spl, kpod_icl); stages as for KPOD (kpod.stages)."""
+
+    start_fraction: float = Field(0.3, gt=0, le=1, description="share used at stage 0, growing linearly to 1: ACL/SPL the easiest examples, ICL the last rationale tokens")
+    full_stage: int | None = Field(None, ge=1, description="stage from which everything is used; default kpod.full_difficulty_stage, else half the stages")
+    acl_momentum: float = Field(0.5, ge=0, le=1, description="ACL score update: score = (1 - m) * score + m * current loss; 0 = fixed scores of the un-distilled student")
+    scoring_batch_size: int = Field(16, ge=1, description="examples per forward pass when scoring the un-distilled student (ACL, SPL)")
+
+
+MULTI_RATIONALE_METHODS = ("scotd", "mcc_kd")
+
+
 class RunConfig(Strict):
     name: str = Field("run", description="run name (used in result files)")
     seed: int = Field(0, description="seed for data order, LoRA init, schedule and sampling")
@@ -114,6 +159,18 @@ class RunConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     kpod: KpodSettings = Field(default_factory=KpodSettings)
+    baselines: BaselineSettings = Field(default_factory=BaselineSettings, description="settings of scotd, specialized_kd, scott, mcc_kd")
+    curricula: CurriculumSettings = Field(default_factory=CurriculumSettings, description="settings of kpod_acl, kpod_spl, kpod_icl")
+
+    @model_validator(mode="after")
+    def _method_needs(self):
+        if self.train.method in MULTI_RATIONALE_METHODS and self.data.rationales_per_question == 1:
+            raise ValueError(f"train.method {self.train.method} learns from several rationales per question: "
+                             "set data.rationales_per_question to null (all) or >= 2")
+        if self.train.method == "mcc_kd" and self.train.batch_size % 2:
+            raise ValueError("train.method mcc_kd batches pairs of rationales: train.batch_size must be even, "
+                             f"got {self.train.batch_size}")
+        return self
 
     @field_validator("name")
     @classmethod

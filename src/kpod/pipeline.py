@@ -1,8 +1,10 @@
 """`kpod run`: the whole pipeline into one run directory, each finished stage cached so a re-run resumes.
 
 Stages: data (rationales, filtered and counted) -> encode (tokens, step spans) -> [KPOD: weigh -> difficulty ->
-clusters -> schedule] -> [zero-shot eval] -> train (resumable Trainer checkpoints) -> eval. A stage is skipped when `stages.json` records it as done with the same
-config fingerprint; a changed setting re-runs that stage and everything after it.
+clusters -> schedule] -> [zero-shot eval] -> train (resumable Trainer checkpoints; the method's trainer and data come
+from `kpod.baselines.registry`) -> eval (plus other datasets' splits: `eval.datasets`, out of distribution). A stage is
+skipped when `stages.json` records it as done with the same config fingerprint; a changed setting re-runs that stage
+and everything after it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
+import resource
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kpod.baselines.registry import MethodContext, get_method, prepare_training
 from kpod.config import RunConfig, dump_config
 from kpod.data.custom import load_user_jsonl
 from kpod.data.datasets import load_split
@@ -120,6 +123,7 @@ class Pipeline:
         self.stages = StageLog(self.paths.stages)
         self.progress = progress
         self.timings: dict[str, float] = {}
+        self.peak_rss_mb: dict[str, float] = {}  # process peak resident memory after each stage ran
         if cfg.train.torch_threads:
             torch.set_num_threads(cfg.train.torch_threads)
         torch.manual_seed(cfg.seed)
@@ -132,6 +136,7 @@ class Pipeline:
         t0 = time.time()
         work()
         self.timings[stage] = time.time() - t0
+        self.peak_rss_mb[stage] = peak_rss_mb()
         self.stages.mark(stage, fp)
 
     def stage_data(self) -> tuple[dict[str, Question], list[Rationale]]:
@@ -165,24 +170,30 @@ class Pipeline:
 
     def stage_eval(self, label: str, model, tokenizer, method: str) -> list[dict]:
         trained_with = self.cfg.train if label != "zero-shot" else None
-        fp = fingerprint(self.cfg.data, self.cfg.eval, self.cfg.student, trained_with, self.cfg.seed, label)
+        # (an empty eval.datasets leaves the fingerprint of runs made before that option unchanged)
+        eval_cfg = self.cfg.eval.model_dump(mode="json", exclude=set() if self.cfg.eval.datasets else {"datasets"})
+        fp = fingerprint(self.cfg.data, eval_cfg, self.cfg.student, trained_with, self.cfg.seed, label)
         results = []
-        for split in self.cfg.eval.splits:
-            name = f"{label}-{split}"
+        own = self.cfg.data.dataset
+        for dataset, split in [(own, s) for s in self.cfg.eval.splits] + [
+                (d, s) for d in self.cfg.eval.datasets if d != own for s in self.cfg.eval.splits]:
+            name = f"{label}-{split}" if dataset == own else f"{label}-{dataset}-{split}"
             path = self.paths.eval_results(name)
             if self.stages.is_done(f"eval:{name}", fp) and path.exists():
                 results.append(json.loads(path.read_text()))
                 continue
-            questions = load_questions(self.cfg, split)[: self.cfg.eval.max_examples]
+            questions = (load_questions(self.cfg, split) if dataset == own
+                         else load_split(dataset, split, self.cfg.data.data_dir))[: self.cfg.eval.max_examples]
             t0 = time.time()
             res = evaluate_questions(
-                model, tokenizer, questions, dataset=answer_kind(self.cfg), split=split,
+                model, tokenizer, questions, dataset=answer_kind(self.cfg) if dataset == own else dataset, split=split,
                 out_dir=self.paths.eval_dir(name), method=method, model_name=self.cfg.student.name,
                 seed=self.cfg.seed, prompt_template=self.cfg.data.prompt_template,
                 batch_size=self.cfg.eval.batch_size, max_new_tokens=self.cfg.eval.max_new_tokens,
                 progress=self.progress,
             )
             self.timings[f"eval:{name}"] = time.time() - t0
+            self.peak_rss_mb[f"eval:{name}"] = peak_rss_mb()
             self.stages.mark(f"eval:{name}", fp)
             log.info("%s: accuracy %.2f %% (%d/%d)", name, res["accuracy"], res["correct"], res["n"])
             results.append(res)
@@ -223,29 +234,24 @@ class Pipeline:
 
     def stage_train(self, model, tokenizer, examples: list[EncodedExample], weights=None, given_steps=None):
         cfg = self.cfg
-        fp = fingerprint(cfg.data, cfg.student, cfg.train, cfg.seed, cfg.kpod if cfg.train.method == "kpod" else None)
+        fp = fingerprint(cfg.data, cfg.student, cfg.train, cfg.seed, get_method(cfg.train.method).settings(cfg))
         if self.stages.is_done("train", fp) and self.paths.final_model.exists():
             return self._load_final(model)
         if cfg.student.lora.enabled:
             lo = cfg.student.lora
             model = add_lora(model, lo.rank, lo.alpha, lo.dropout, lo.targets)
         seq2seq = is_seq2seq(model.get_base_model() if hasattr(model, "get_base_model") else model)
+        ctx = MethodContext(cfg, model, tokenizer, examples, weights, given_steps, self.paths, seq2seq)
+        setup = prepare_training(ctx)
         dataset = DistillDataset(
-            examples, seq2seq=seq2seq, token_weights=weights,
+            setup.examples, seq2seq=seq2seq, token_weights=setup.token_weights,
             decoder_start_token_id=getattr(model.config, "decoder_start_token_id", None),
         )
-        if given_steps is None:
-            trainer = build_trainer(model, tokenizer, dataset, cfg.train, self.paths.train_dir, cfg.seed)
-        else:
-            from kpod.distill.kpod import KpodTrainer
-
-            t = cfg.train
-            total_steps = math.ceil(math.ceil(len(dataset) / t.batch_size) / t.grad_accum * t.epochs)
-            trainer = build_trainer(model, tokenizer, dataset, t, self.paths.train_dir, cfg.seed,
-                                    trainer_cls=KpodTrainer, given_steps=given_steps,
-                                    steps_per_stage=max(1, math.ceil(total_steps / len(given_steps))))
+        trainer = build_trainer(model, tokenizer, dataset, cfg.train, self.paths.train_dir, cfg.seed,
+                                trainer_cls=setup.trainer_cls, **setup.trainer_kwargs)
         summary = run_training(trainer, self.paths.train_dir, self.paths.final_model)
         self.timings["train"] = summary["train_wall_s"]
+        self.peak_rss_mb["train"] = peak_rss_mb()
         log.info("train: %d steps, %.1f s, %.1f tokens/s", summary["global_steps"], summary["train_wall_s"],
                  summary["train_tokens_per_s"] or 0)
         self.stages.mark("train", fp)
@@ -277,6 +283,8 @@ class Pipeline:
         weights = given_steps = None
         if cfg.train.method == "kpod":
             weights, given_steps = self.stage_kpod(model, tokenizer, questions, examples)
+        elif cfg.kpod.token_weights and get_method(cfg.train.method).uses_token_weights:
+            weights = self.stage_weights(tokenizer, questions, examples)
         if cfg.eval.zero_shot:
             summary["zero_shot"] = self.stage_eval("zero-shot", model, tokenizer, "zero-shot CoT (no distillation)")
         model = self.stage_train(model, tokenizer, examples, weights, given_steps)
@@ -284,10 +292,16 @@ class Pipeline:
             model = model.merge_and_unload()  # plain weights decode faster than an adapter
         summary["results"] = self.stage_eval(cfg.train.method, model, tokenizer, method_label(cfg))
         summary["timings_s"] = {k: round(v, 1) for k, v in self.timings.items()}
+        summary["peak_rss_mb_after_stage"] = self.peak_rss_mb
         summary["wall_s"] = round(time.time() - t_start, 1)
         (self.paths.root / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         return summary
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def method_label(cfg: RunConfig) -> str:
-    return {"plain": "plain CoT distillation", "kpod": "KPOD"}.get(cfg.train.method, cfg.train.method)
+    return get_method(cfg.train.method).label

@@ -89,8 +89,8 @@ def hide_given_steps(batch: dict[str, torch.Tensor], first_supervised: torch.Ten
     The tokens stay in the input (teacher forcing); only their loss is removed.
     """
     labels, weights = batch["labels"].clone(), batch["weights"].clone()
-    positions = torch.arange(labels.shape[1])[None, :]
-    hidden = positions < (batch["target_start"] + first_supervised)[:, None]
+    positions = torch.arange(labels.shape[1], device=labels.device)[None, :]
+    hidden = positions < (batch["target_start"].to(labels.device) + first_supervised.to(labels.device))[:, None]
     labels[hidden] = IGNORE
     weights[hidden] = 0.0
     return {**batch, "labels": labels, "weights": weights}

@@ -1,0 +1,75 @@
+"""KPOD-ICL: KPOD's token-weighted loss with its schedule replaced by in-sample curriculum learning by sequence
+completion (Jia et al., ACL 2023): within every target, the student first learns to complete only its end, given the
+preceding target tokens as input, and the given prefix shrinks until it generates the whole target.
+
+It is KPOD's given-prefix mechanism at token level and with one pace for all examples, with no step difficulty or
+question diversity: at stage t example i gets its first floor((1 - g(t)) * R_i) rationale tokens as input without
+loss (R_i = rationale tokens; the answer sentence is always generated), g(t) the linear pace of
+`kpod.curricula.pacing` (everything generated from stage T on).
+
+    kpod run configs/default.yaml --set train.method=kpod_icl
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from kpod.distill.dataset import hide_given_steps
+from kpod.baselines.registry import MethodContext, MethodSpec, TrainingSetup
+from kpod.curricula.pacing import curriculum_pacing, steps_per_stage
+from kpod.distill.trainer import DistillTrainer
+
+log = logging.getLogger(__name__)
+
+
+def given_tokens_schedule(rationale_tokens: np.ndarray, fractions: np.ndarray) -> np.ndarray:
+    """(S, N) tokens given as input per stage: floor((1 - g(t)) * R_i).
+
+    rationale_tokens: (N,) R_i; fractions: (S,) g(t), the generated share of each rationale.
+    """
+    given = np.floor((1 - fractions[:, None]) * np.asarray(rationale_tokens)[None, :] + 1e-9)
+    return given.astype(np.int64)
+
+
+class GivenTokensTrainer(DistillTrainer):
+    """given_tokens: (S, N) target tokens given per stage and example; stages past the last repeat it."""
+
+    def __init__(self, *args, given_tokens: np.ndarray, steps_per_stage: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        if given_tokens.ndim != 2 or given_tokens.shape[1] != len(self.train_dataset):
+            raise ValueError(f"schedule shape {given_tokens.shape} does not fit {len(self.train_dataset)} examples")
+        self.given_tokens = torch.as_tensor(given_tokens, dtype=torch.long)
+        self.steps_per_stage = steps_per_stage
+        self.stage_log: list[dict] = []
+
+    def stage_at(self, global_step: int) -> int:
+        return min(global_step // self.steps_per_stage, len(self.given_tokens) - 1)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        t = self.stage_at(self.state.global_step)
+        if not self.stage_log or self.stage_log[-1]["stage"] != t:
+            mean = float(self.given_tokens[t].float().mean())
+            self.stage_log.append({"stage": t, "from_step": self.state.global_step, "mean_given_tokens": round(mean, 2)})
+            log.info("ICL stage %d from step %d: mean given tokens %.1f", t, self.state.global_step, mean)
+        inputs = hide_given_steps(inputs, self.given_tokens[t, inputs["index"].cpu()])
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+def setup(ctx: MethodContext) -> TrainingSetup:
+    fractions = curriculum_pacing(ctx.cfg)
+    given = given_tokens_schedule(np.array([e.answer_start for e in ctx.examples]), fractions)
+    per_stage = steps_per_stage(ctx.optimizer_steps(len(ctx.examples)), len(fractions))
+    report = {"curriculum": "in_sample", "fractions": fractions.round(4).tolist(), "steps_per_stage": per_stage,
+              "mean_given_tokens": given.mean(axis=1).round(2).tolist(), "token_weights": ctx.token_weights is not None}
+    return TrainingSetup(ctx.examples, GivenTokensTrainer, token_weights=ctx.token_weights, report=report,
+                         trainer_kwargs={"given_tokens": given, "steps_per_stage": per_stage})
+
+
+METHOD = MethodSpec(
+    "kpod_icl", "KPOD-ICL", setup, uses_token_weights=True,
+    settings=lambda cfg: {"kpod": cfg.kpod.model_dump(mode="json"), "curricula": cfg.curricula.model_dump(mode="json")},
+    source="Jia et al. 2023, In-sample Curriculum Learning by Sequence Completion for Natural Language Generation (ACL)",
+)

@@ -1,0 +1,370 @@
+"""`kpod experiment`: a grid of methods x datasets x seeds, each cell one `kpod run`, then the paper's tables.
+
+    kpod experiment configs/experiments/svamp-paper.yaml             # run what is missing, then report
+    kpod experiment configs/experiments/svamp-paper.yaml --dry-run   # list the cells and their state
+    kpod experiment configs/experiments/svamp-paper.yaml --report-only --method kpod --method scotd
+
+An experiment file names a base run config, the datasets, the methods (each a set of `--set` style overrides) and
+the seeds. Every cell's config is resolved and validated before anything runs, written to
+`runs/EXPERIMENT/CELL/cell-config.yaml` and run in its own process (`runner: subprocess`, the default; a crash or a
+leak stays in its cell) or in this one (`runner: in_process`). A cell whose `experiment-cell.json` records the same
+config is finished and skipped, so re-running an experiment resumes it; inside a cell, `kpod run` resumes by stage.
+
+Results: `results/EXPERIMENT.json` (every cell's accuracies, train summary, config fingerprint, and mean/std per
+method and column), `results/EXPERIMENT.md` (one markdown table per `tables` entry: rows methods, columns the
+datasets evaluated, cells "mean ± std" over seeds), `results/EXPERIMENT-accuracy.png` (bars with error bars) and
+`results/EXPERIMENT-loss.png` (training loss curves, mean over seeds). Layout of the experiment file:
+
+    name: svamp-paper
+    base: ../default.yaml                  # relative to this file
+    seeds: [0, 1, 2]
+    datasets: {svamp: {}}                  # dataset -> overrides for its cells (data.dataset is set to the key)
+    overrides: {eval.zero_shot: true}      # every cell
+    methods:                               # name -> {label, overrides}; train.method defaults to the name
+      plain: {}
+      scotd: {overrides: {data.rationales_per_question: null}}
+      kpod_wo_sig: {label: KPOD-w.o.-sig, overrides: {train.method: kpod, kpod.token_weights: false}}
+    tables:
+      - {title: "Table 1", methods: [zero_shot, plain, scotd, kpod]}   # zero_shot: the un-distilled student
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import Field, ValidationError
+
+from kpod.baselines.registry import method_label, method_names
+from kpod.config import ConfigError, RunConfig, Strict, dump_config, load_config
+
+log = logging.getLogger("kpod.experiment")
+ZERO_SHOT = "zero_shot"  # the pseudo-method of the un-distilled student's results
+ZERO_SHOT_LABEL = "no distillation (zero-shot CoT)"
+
+
+# ----------------------------------------------------------------------------- the experiment file
+class MethodEntry(Strict):
+    label: str | None = Field(None, description="row label in the tables; default the method's own label")
+    overrides: dict[str, Any] = Field({}, description="dotted run-config overrides, e.g. {kpod.beta: 0}; train.method defaults to the entry's name")
+
+
+class TableSpec(Strict):
+    title: str = Field(..., description="table heading")
+    methods: list[str] = Field(..., description="rows, in order: names from `methods`, or zero_shot")
+    columns: list[str] | None = Field(None, description="columns, in order (e.g. 'svamp', 'asdiv (from gsm8k)'); default every one found")
+    note: str = Field("", description="a sentence under the table")
+    reference: dict[str, dict[str, float]] = Field({}, description="published numbers per row and column, shown in an extra column group")
+    reference_label: str = Field("the paper", description="where the published numbers come from (a line under the table)")
+
+
+class ExperimentConfig(Strict):
+    name: str = Field(..., description="experiment name: runs/NAME/ and results/NAME.*")
+    base: str = Field(..., description="base run config, relative to the experiment file")
+    seeds: list[int] = Field([0, 1, 2], min_length=1, description="seeds of every method x dataset")
+    datasets: dict[str, dict[str, Any]] = Field(..., min_length=1, description="dataset -> overrides of its cells; data.dataset defaults to the key")
+    methods: dict[str, MethodEntry] = Field(..., min_length=1, description="method -> label and overrides")
+    overrides: dict[str, Any] = Field({}, description="overrides of every cell (applied first)")
+    tables: list[TableSpec] = Field([], description="tables to write; default one with every method")
+    runner: Literal["subprocess", "in_process"] = Field("subprocess", description="a process per cell, or all in this one")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="cpu: hide GPUs from subprocess cells; cuda: refuse to start without a GPU; auto: a GPU if torch sees one")
+
+
+def load_experiment(path: str | Path) -> ExperimentConfig:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: experiment file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+        for key, entry in (raw.get("methods") or {}).items():
+            raw["methods"][key] = entry or {}
+        exp = ExperimentConfig.model_validate(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    except ValidationError as e:
+        lines = [f"{path}: invalid experiment"]
+        lines += [f"  {'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise ConfigError("\n".join(lines)) from None
+    known = set(method_names())
+    for key, entry in exp.methods.items():
+        if key == ZERO_SHOT:
+            raise ConfigError(f"{path}: '{ZERO_SHOT}' is reserved for the un-distilled student's row")
+        if key not in known and "train.method" not in entry.overrides:
+            raise ConfigError(f"{path}: method entry {key!r} is not a method name ({', '.join(sorted(known))}); "
+                              "give it overrides: {train.method: ...}")
+    return exp
+
+
+# ----------------------------------------------------------------------------- cells
+@dataclass
+class Cell:
+    method: str
+    dataset: str
+    seed: int
+    run_dir: Path
+    config: RunConfig
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.run_dir / "cell-config.yaml"
+
+    @property
+    def marker(self) -> Path:
+        return self.run_dir / "experiment-cell.json"
+
+    def fingerprint(self) -> str:
+        blob = json.dumps(self.config.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def is_done(self) -> bool:
+        if not (self.marker.exists() and (self.run_dir / "summary.json").exists()):
+            return False
+        marker = json.loads(self.marker.read_text())
+        return marker.get("status") == "done" and marker.get("fingerprint") == self.fingerprint()
+
+
+def cell_overrides(exp: ExperimentConfig, dataset: str, method: str, seed: int, run_dir: Path) -> dict:
+    """Overrides of one cell, later ones winning: experiment, dataset, method, then the cell's own."""
+    out = dict(exp.overrides)
+    out["data.dataset"] = dataset
+    out.update(exp.datasets[dataset])
+    if method in method_names():
+        out["train.method"] = method
+    out.update(exp.methods[method].overrides)
+    out.update({"seed": seed, "name": run_dir.name, "run_dir": str(run_dir)})
+    return out
+
+
+def plan_cells(exp: ExperimentConfig, exp_path: str | Path, runs_root: str | Path = "runs") -> list[Cell]:
+    """Every cell with its validated config (any invalid cell raises before anything runs)."""
+    base = Path(exp_path).parent / exp.base
+    cells, errors = [], []
+    for dataset in exp.datasets:
+        for method in exp.methods:
+            for seed in exp.seeds:
+                run_dir = Path(runs_root) / exp.name / f"{dataset}-{method}-s{seed}"
+                try:
+                    cfg = load_config(base, cell_overrides(exp, dataset, method, seed, run_dir))
+                except ConfigError as e:
+                    errors.append(f"cell {run_dir.name}: {e}")
+                    continue
+                cells.append(Cell(method, dataset, seed, run_dir, cfg))
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return cells
+
+
+def run_cell(cell: Cell, runner: str, device: str, progress: bool = False) -> dict:
+    """Run one cell; returns its status record (also written to the cell's experiment-cell.json)."""
+    cell.run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cell.config, cell.config_path)
+    t0 = time.time()
+    status, error = "done", None
+    if runner == "subprocess":
+        cmd = [sys.executable, "-m", "kpod.cli", "run", str(cell.config_path)] + ([] if progress else ["--no-progress"])
+        env = dict(os.environ)
+        if device == "cpu":
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        with (cell.run_dir / "experiment.log").open("w") as out:
+            rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+        if rc != 0:
+            status = "failed"
+            error = f"exit status {rc}; see {cell.run_dir / 'experiment.log'}: " + _tail(cell.run_dir / "experiment.log")
+    else:
+        from kpod.pipeline import Pipeline
+
+        try:
+            Pipeline(cell.config, progress=progress).run()
+        except Exception:  # one failed cell must not stop the grid
+            status, error = "failed", traceback.format_exc(limit=4)
+    record = {"cell": cell.name, "status": status, "fingerprint": cell.fingerprint(),
+              "wall_s": round(time.time() - t0, 1), "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "error": error}
+    cell.marker.write_text(json.dumps(record, indent=1))
+    return record
+
+
+def _tail(path: Path, n: int = 1500) -> str:
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return text[-n:]
+
+
+# ----------------------------------------------------------------------------- reading results
+def column_of(result: dict, train_dataset: str) -> str:
+    """Table column of one evaluation: the dataset, its split if not test, and "(from TRAIN)" when the student was
+    trained on another dataset (out of distribution)."""
+    col = result["dataset"] + ("" if result["split"] == "test" else f" {result['split']}")
+    return col if result["dataset"] == train_dataset else f"{col} (from {train_dataset})"
+
+
+def read_cell(cell: Cell) -> dict:
+    """A cell's record: accuracies per column (trained and zero-shot), the train summary's key numbers."""
+    rec: dict = {"cell": cell.name, "method": cell.method, "dataset": cell.dataset, "seed": cell.seed,
+                 "run_dir": str(cell.run_dir), "fingerprint": cell.fingerprint(), "done": cell.is_done()}
+    if cell.marker.exists():
+        marker = json.loads(cell.marker.read_text())
+        rec.update(status=marker["status"], wall_s=marker.get("wall_s"), error=marker.get("error"))
+    else:
+        rec["status"] = "not run"
+    summary_path = cell.run_dir / "summary.json"
+    if not rec["done"] or not summary_path.exists():
+        return rec
+    summary = json.loads(summary_path.read_text())
+    train_ds = cell.config.data.dataset
+    for key, out in (("results", "accuracy"), ("zero_shot", "zero_shot_accuracy")):
+        rec[out] = {column_of(r, train_ds): {"accuracy": r["accuracy"], "correct": r["correct"], "n": r["n"]}
+                    for r in summary.get(key, [])}
+    train_path = cell.run_dir / "train" / "summary.json"
+    if train_path.exists():
+        t = json.loads(train_path.read_text())
+        rec["train"] = {k: t.get(k) for k in ("global_steps", "epochs", "train_wall_s", "final_train_loss",
+                                               "train_tokens_per_s", "loss_curve")}
+    return rec
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (ddof = 1; 0.0 for a single value; None for none)."""
+    if not values:
+        return None, None
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def aggregate(records: list[dict]) -> dict[str, dict[str, dict]]:
+    """{method: {column: {seeds, values, mean, std, n}}} over the finished cells; `zero_shot` from any cell that
+    evaluated the un-distilled student (one value per dataset column and seed)."""
+    values: dict[str, dict[str, dict[int, float]]] = {}
+    for rec in records:
+        for col, r in (rec.get("accuracy") or {}).items():
+            values.setdefault(rec["method"], {}).setdefault(col, {})[rec["seed"]] = r["accuracy"]
+        for col, r in (rec.get("zero_shot_accuracy") or {}).items():
+            values.setdefault(ZERO_SHOT, {}).setdefault(col, {}).setdefault(rec["seed"], r["accuracy"])
+    out: dict[str, dict[str, dict]] = {}
+    for method, cols in values.items():
+        for col, by_seed in cols.items():
+            seeds = sorted(by_seed)
+            vals = [by_seed[s] for s in seeds]
+            mean, std = mean_std(vals)
+            out.setdefault(method, {})[col] = {"seeds": seeds, "values": vals, "mean": mean, "std": std, "n": len(vals)}
+    return out
+
+
+# ----------------------------------------------------------------------------- tables
+def format_cell(stats: dict | None, expected_n: int) -> str:
+    if not stats or stats["n"] == 0:
+        return "–"
+    text = f"{stats['mean']:.2f}" if stats["n"] == 1 else f"{stats['mean']:.2f} ± {stats['std']:.2f}"
+    return text + (f" (n={stats['n']})" if stats["n"] < expected_n else "")
+
+
+def table_columns(exp: ExperimentConfig, agg: dict, rows: list[str]) -> list[str]:
+    """Columns found in the rows: in-distribution ones in the experiment's dataset order, then the OOD ones."""
+    found = {col for m in rows for col in agg.get(m, {})}
+    order = {d: i for i, d in enumerate(exp.datasets)}
+    return sorted(found, key=lambda c: ("(from " in c, order.get(c.split(" ")[0], len(order)), c))
+
+
+def row_label(exp: ExperimentConfig, method: str) -> str:
+    if method == ZERO_SHOT:
+        return ZERO_SHOT_LABEL
+    entry = exp.methods.get(method)
+    return (entry.label if entry and entry.label else None) or method_label(method)
+
+
+def markdown_table(exp: ExperimentConfig, spec: TableSpec, agg: dict) -> str:
+    columns = spec.columns or table_columns(exp, agg, spec.methods)
+    ref_cols = [c for c in columns if any(c in spec.reference.get(m, {}) for m in spec.methods)]
+    head = ["method"] + columns + [f"ref. {c}" for c in ref_cols]
+    lines = [f"### {spec.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method in spec.methods:
+        cells = [format_cell(agg.get(method, {}).get(c), len(exp.seeds)) for c in columns]
+        refs = [f"{spec.reference[method][c]:.2f}" if c in spec.reference.get(method, {}) else "–" for c in ref_cols]
+        lines.append("| " + " | ".join([row_label(exp, method)] + cells + refs) + " |")
+    notes = ([f"ref.: {spec.reference_label}."] if ref_cols else []) + ([spec.note] if spec.note else [])
+    if notes:
+        lines += ["", " ".join(notes)]
+    return "\n".join(lines)
+
+
+def write_report(exp: ExperimentConfig, records: list[dict], results_dir: str | Path) -> dict:
+    """results/NAME.json and .md, and the plots (when matplotlib is installed); returns the JSON content."""
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    agg = aggregate(records)
+    specs = exp.tables or [TableSpec(title=exp.name, methods=list(exp.methods))]
+    tables = {spec.title: markdown_table(exp, spec, agg) for spec in specs}
+    done = sum(r.get("done", False) for r in records)
+    md = [f"# {exp.name}", "",
+          f"Accuracy (%) on the test split, mean ± sample std over seeds {exp.seeds}; (n=k) marks a mean over fewer "
+          f"seeds. {done}/{len(records)} cells finished.", ""]
+    for text in tables.values():
+        md += [text, ""]
+    failed = [r for r in records if r.get("status") == "failed"]
+    if failed:
+        md += ["Failed cells: " + ", ".join(r["cell"] for r in failed), ""]
+    out = {"experiment": exp.name, "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+           "config": exp.model_dump(mode="json"), "cells": records, "aggregate": agg, "tables": tables}
+    (results_dir / f"{exp.name}.json").write_text(json.dumps(out, indent=1, default=str))
+    (results_dir / f"{exp.name}.md").write_text("\n".join(md))
+    try:
+        from kpod.experiment_plots import plot_accuracy, plot_learning_curves
+
+        out["plots"] = [str(p) for p in (plot_accuracy(exp, agg, results_dir / f"{exp.name}-accuracy.png",
+                                                       row_label),
+                                         plot_learning_curves(exp, records, results_dir / f"{exp.name}-loss.png",
+                                                              row_label)) if p]
+    except ImportError:
+        log.info("matplotlib is not installed: no plots (pip install kpod[plots])")
+    return out
+
+
+# ----------------------------------------------------------------------------- the whole experiment
+def run_experiment(path: str | Path, *, runs_root: str | Path = "runs", results_dir: str | Path = "results",
+                   runner: str | None = None, device: str | None = None, methods: list[str] | None = None,
+                   seeds: list[int] | None = None, dry_run: bool = False, report_only: bool = False,
+                   fail_fast: bool = False, progress: bool = False) -> dict:
+    """Run the unfinished cells (optionally only some methods/seeds), then write the report over all cells."""
+    exp = load_experiment(path)
+    for m in methods or []:
+        if m not in exp.methods:
+            raise ConfigError(f"{path}: no method {m!r} in this experiment; it has {', '.join(exp.methods)}")
+    cells = plan_cells(exp, path, runs_root)
+    if (device or exp.device) == "cuda" and not dry_run and not report_only:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("device cuda was asked for, but torch sees no GPU here")
+    selected = [c for c in cells if (not methods or c.method in methods) and (not seeds or c.seed in seeds)]
+    todo = [c for c in selected if not c.is_done()]
+    log.info("%s: %d cells, %d selected, %d to run", exp.name, len(cells), len(selected), len(todo))
+    ran: list[dict] = []
+    if dry_run:
+        return {"experiment": exp.name, "cells": [{"cell": c.name, "done": c.is_done(), "selected": c in selected}
+                                                  for c in cells]}
+    if not report_only:
+        for k, cell in enumerate(todo, 1):
+            log.info("[%d/%d] %s: running", k, len(todo), cell.name)
+            record = run_cell(cell, runner or exp.runner, device or exp.device, progress)
+            ran.append(record)
+            log.info("[%d/%d] %s: %s in %.0f s", k, len(todo), cell.name, record["status"], record["wall_s"])
+            if record["status"] == "failed":
+                log.error("%s failed: %s", cell.name, record["error"])
+                if fail_fast:
+                    break
+    out = write_report(exp, [read_cell(c) for c in cells], results_dir)
+    out["ran"] = ran
+    return out

@@ -1,0 +1,160 @@
+"""`kpod experiment`: the table math, cell planning, a tiny grid (2 methods x 1 dataset x 2 seeds) run and resumed,
+and one cell in its own process."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+import yaml
+
+from kpod.cli import main
+from kpod.config import ConfigError
+from kpod.experiment import (
+    ExperimentConfig,
+    TableSpec,
+    aggregate,
+    column_of,
+    format_cell,
+    load_experiment,
+    markdown_table,
+    mean_std,
+    plan_cells,
+)
+
+
+# ----------------------------------------------------------------------------- table math
+def test_mean_and_sample_std():
+    vals = [60.0, 62.0, 67.0]
+    mean, std = mean_std(vals)
+    assert mean == pytest.approx(statistics.mean(vals)) and std == pytest.approx(statistics.stdev(vals))
+    assert mean_std([50.0]) == (50.0, 0.0) and mean_std([]) == (None, None)
+
+
+def _record(method, seed, acc, zero=None, dataset="svamp"):
+    rec = {"method": method, "seed": seed, "dataset": dataset, "accuracy": {"svamp": {"accuracy": acc}}}
+    if zero is not None:
+        rec["zero_shot_accuracy"] = {"svamp": {"accuracy": zero}}
+    return rec
+
+
+def test_aggregate_and_tables():
+    records = [_record("plain", 0, 10.0, zero=2.0), _record("plain", 1, 14.0, zero=2.0), _record("kpod", 0, 20.0),
+               _record("kpod", 1, 23.0), _record("kpod", 2, 29.0), _record("scott", 0, 30.0, zero=9.0)]
+    agg = aggregate(records)
+    assert agg["kpod"]["svamp"]["values"] == [20.0, 23.0, 29.0] and agg["kpod"]["svamp"]["mean"] == pytest.approx(24.0)
+    assert agg["kpod"]["svamp"]["std"] == pytest.approx(statistics.stdev([20, 23, 29]))
+    assert agg["zero_shot"]["svamp"]["values"] == [2.0, 2.0]  # one value per seed, from the first cell that has it
+    exp = ExperimentConfig(name="t", base="b.yaml", seeds=[0, 1, 2], datasets={"svamp": {}},
+                           methods={"plain": {}, "kpod": {"label": "KPOD (ours)"}, "scott": {}})
+    spec = TableSpec(title="T1", methods=["zero_shot", "plain", "kpod", "scott", "scotd"],
+                     reference={"kpod": {"svamp": 25.33}})
+    lines = markdown_table(exp, spec, agg).splitlines()
+    assert lines[0] == "### T1" and lines[2] == "| method | svamp | ref. svamp |" and lines[-1] == "ref.: the paper."
+    assert lines[5] == "| plain CoT distillation | 12.00 ± 2.83 (n=2) | – |"
+    assert lines[6] == f"| KPOD (ours) | 24.00 ± {statistics.stdev([20, 23, 29]):.2f} | 25.33 |"
+    assert lines[7] == "| SCOTT | 30.00 (n=1) | – |" and lines[8] == "| SCoTD | – | – |"
+    assert format_cell(None, 3) == "–"
+
+
+def test_columns_name_out_of_distribution_evaluations():
+    assert column_of({"dataset": "gsm8k", "split": "test"}, "gsm8k") == "gsm8k"
+    assert column_of({"dataset": "asdiv", "split": "test"}, "gsm8k") == "asdiv (from gsm8k)"
+    assert column_of({"dataset": "svamp", "split": "dev"}, "svamp") == "svamp dev"
+
+
+# ----------------------------------------------------------------------------- the grid
+def _experiment(tmp_path, student_dir, methods, seeds=(0, 1), runner="in_process"):
+    base = {
+        "name": "base", "data": {"dataset": "svamp", "max_train_questions": 4},
+        "student": {"name": str(student_dir), "lora": {"rank": 4, "alpha": 8, "targets": ["q_proj", "v_proj"]}},
+        "train": {"epochs": 1, "batch_size": 4, "save_steps": 50, "warmup_steps": 0, "lr": 1e-3, "logging_steps": 1},
+        "eval": {"max_examples": 2, "max_new_tokens": 4, "batch_size": 2},
+    }
+    (tmp_path / "configs").mkdir(exist_ok=True)
+    (tmp_path / "configs" / "base.yaml").write_text(yaml.safe_dump(base))
+    exp = {"name": "tiny-grid", "base": "base.yaml", "seeds": list(seeds), "datasets": {"svamp": {}},
+           "runner": runner, "methods": methods,
+           "tables": [{"title": "Methods", "methods": ["zero_shot", *methods]}]}
+    path = tmp_path / "configs" / "exp.yaml"
+    path.write_text(yaml.safe_dump(exp, sort_keys=False))
+    return path
+
+
+def test_cells_get_their_overrides_and_bad_cells_fail_before_running(tmp_path):
+    path = _experiment(tmp_path, "some-student", {"plain": {"overrides": {"eval.zero_shot": True}},
+                                                  "no_div": {"label": "w.o.-div",
+                                                             "overrides": {"train.method": "kpod", "kpod.beta": 0}}})
+    cells = plan_cells(load_experiment(path), path, runs_root=tmp_path / "runs")
+    assert [c.name for c in cells] == ["svamp-plain-s0", "svamp-plain-s1", "svamp-no_div-s0", "svamp-no_div-s1"]
+    nodiv = cells[3].config
+    assert (nodiv.train.method, nodiv.kpod.beta, nodiv.seed, nodiv.name) == ("kpod", 0, 1, "svamp-no_div-s1")
+    assert cells[0].config.eval.zero_shot and not nodiv.eval.zero_shot
+    assert cells[0].run_dir == tmp_path / "runs" / "tiny-grid" / "svamp-plain-s0"
+    bad = yaml.safe_load(path.read_text())
+    bad["methods"] = {"mcc_kd": {}}  # needs data.rationales_per_question: null
+    path.write_text(yaml.safe_dump(bad, sort_keys=False))
+    with pytest.raises(ConfigError, match="svamp-mcc_kd-s0"):
+        plan_cells(load_experiment(path), path, tmp_path / "runs")
+    bad["methods"] = {"my_variant": {}}
+    path.write_text(yaml.safe_dump(bad, sort_keys=False))
+    with pytest.raises(ConfigError, match="train.method"):
+        load_experiment(path)
+
+
+def test_tiny_grid_runs_reports_and_resumes(tmp_path, tiny_llama_dir, capsys):
+    path = _experiment(tmp_path, tiny_llama_dir, {"plain": {"overrides": {"eval.zero_shot": True}}, "kpod_icl": {}})
+    args = ["experiment", str(path), "--runs-root", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"),
+            "--no-progress"]
+    assert main(args) == 0
+    out = json.loads((tmp_path / "results" / "tiny-grid.json").read_text())
+    assert [c["status"] for c in out["cells"]] == ["done"] * 4
+    for c in out["cells"]:
+        assert 0 <= c["accuracy"]["svamp"]["accuracy"] <= 100 and c["train"]["loss_curve"]
+    accs = [c["accuracy"]["svamp"]["accuracy"] for c in out["cells"] if c["method"] == "kpod_icl"]
+    stats = out["aggregate"]["kpod_icl"]["svamp"]
+    assert stats["mean"] == pytest.approx(statistics.mean(accs)) and stats["std"] == pytest.approx(statistics.stdev(accs))
+    assert out["aggregate"]["zero_shot"]["svamp"]["n"] == 2
+    md = (tmp_path / "results" / "tiny-grid.md").read_text()
+    assert "| KPOD-ICL |" in md and "| no distillation (zero-shot CoT) |" in md and "4/4 cells finished" in md
+    assert (tmp_path / "results" / "tiny-grid-accuracy.png").stat().st_size > 0
+    assert (tmp_path / "results" / "tiny-grid-loss.png").stat().st_size > 0
+    assert "| plain CoT distillation |" in capsys.readouterr().out
+
+    # Resume: a second invocation runs nothing and reports the same numbers.
+    markers = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("tiny-grid/*/experiment-cell.json")}
+    assert len(markers) == 4
+    assert main(args) == 0
+    again = json.loads((tmp_path / "results" / "tiny-grid.json").read_text())
+    assert again["aggregate"] == out["aggregate"]
+    assert {p: p.stat().st_mtime_ns for p in markers} == markers
+    assert main(args + ["--dry-run"]) == 0
+    assert capsys.readouterr().out.count(" done") == 4
+
+
+def test_a_cell_runs_in_its_own_process(tmp_path, tiny_llama_dir):
+    path = _experiment(tmp_path, tiny_llama_dir, {"plain": {}}, seeds=(3,), runner="subprocess")
+    args = ["experiment", str(path), "--runs-root", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"),
+            "--device", "cpu"]
+    assert main(args) == 0
+    cell = tmp_path / "runs" / "tiny-grid" / "svamp-plain-s3"
+    assert json.loads((cell / "experiment-cell.json").read_text())["status"] == "done"
+    assert "accuracy" in (cell / "experiment.log").read_text()
+    assert yaml.safe_load((cell / "config.yaml").read_text())["seed"] == 3
+
+
+def test_out_of_distribution_evaluation(tmp_path, tiny_llama_dir, shared_data):
+    cfg = {
+        "name": "ood", "run_dir": str(tmp_path / "run"),
+        "data": {"dataset": "svamp", "data_dir": str(shared_data), "max_train_questions": 4},
+        "student": {"name": str(tiny_llama_dir), "lora": {"rank": 4, "alpha": 8, "targets": ["q_proj"]}},
+        "train": {"epochs": 1, "batch_size": 4, "save_steps": 50, "warmup_steps": 0},
+        "eval": {"max_examples": 2, "max_new_tokens": 4, "batch_size": 2, "datasets": ["asdiv", "svamp"]},
+    }
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(tmp_path / "cfg.yaml"), "--no-progress"]) == 0
+    results = json.loads((tmp_path / "run" / "summary.json").read_text())["results"]
+    assert [(r["dataset"], r["split"], r["n"]) for r in results] == [("svamp", "test", 2), ("asdiv", "test", 2)]
+    assert (tmp_path / "run" / "eval" / "plain-asdiv-test" / "predictions.jsonl").exists()
+    assert [column_of(r, "svamp") for r in results] == ["svamp", "asdiv (from svamp)"]
