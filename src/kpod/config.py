@@ -187,17 +187,22 @@ class ConfigError(ValueError):
     pass
 
 
-def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
-    """Read and validate a YAML config; errors name the file and the offending field."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+def load_yaml_model(model_cls: type[BaseModel], path: str | Path | None, overrides: dict | None = None,
+                    what: str = "config"):
+    """Validate a YAML file (or nothing, for options given only as overrides) plus dotted overrides
+    ("train.epochs": 2) against `model_cls`; every error names the file and the offending field."""
+    raw: dict = {}
+    where = str(path) if path else f"{what} options"
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"{path}: {what} file not found")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")
@@ -205,13 +210,18 @@ def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
             node = node.setdefault(p, {})
         node[leaf] = value
     try:
-        return RunConfig.model_validate(raw)
+        return model_cls.model_validate(raw)
     except ValidationError as e:
-        lines = [f"{path}: invalid config"]
+        lines = [f"{where}: invalid {what}"]
         for err in e.errors():
-            where = ".".join(str(x) for x in err["loc"]) or "(top level)"
-            lines.append(f"  {where}: {err['msg']}")
+            loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+            lines.append(f"  {loc}: {err['msg']}")
         raise ConfigError("\n".join(lines)) from None
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
+    """Read and validate a run config."""
+    return load_yaml_model(RunConfig, path, overrides)
 
 
 def dump_config(cfg: RunConfig, path: str | Path) -> None:

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from kpod.config import ConfigError
+from kpod.config import load_yaml_model
 from kpod.data.prompts import DEFAULT_PROMPT
 
 
@@ -133,38 +133,9 @@ class TeachConfig(_Strict):
         return self.model_dump(mode="json", exclude={"api_key"})
 
 
-def set_dotted(raw: dict, dotted: str, value) -> None:
-    node = raw
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = value
-
-
 def load_teach_config(path: str | Path | None, overrides: dict | None = None) -> TeachConfig:
     """Validate a YAML file (or nothing) plus dotted overrides; errors name the file and the field."""
-    raw: dict = {}
-    where = str(path) if path else "teach options"
-    if path:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-    for dotted, value in (overrides or {}).items():
-        set_dotted(raw, dotted, value)
-    try:
-        return TeachConfig.model_validate(raw)
-    except ValidationError as e:
-        lines = [f"{where}: invalid teach config"]
-        for err in e.errors():
-            loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-            lines.append(f"  {loc}: {err['msg']}")
-        raise ConfigError("\n".join(lines)) from None
+    return load_yaml_model(TeachConfig, path, overrides, what="teach config")
 
 
 def dump_teach_config(cfg: TeachConfig, path: str | Path) -> None:
