@@ -97,7 +97,7 @@ def test_shipped_configs_are_valid():
         load_config(path)
 
 
-def test_kpod_run_weighs_schedules_and_trains_in_stages(tmp_path, tiny_llama_dir):
+def test_kpod_run_weighs_schedules_and_trains_in_stages(tmp_path, tiny_llama_dir, capsys):
     path = _config(
         tmp_path, tiny_llama_dir,
         train={"method": "kpod", "epochs": 4, "batch_size": 4},
@@ -119,6 +119,14 @@ def test_kpod_run_weighs_schedules_and_trains_in_stages(tmp_path, tiny_llama_dir
     assert any(c > 0 for c in given[0])
     summary = json.loads((run / "train" / "summary.json").read_text())
     assert [s["stage"] for s in summary["kpod_stages"]] == [0, 1, 2, 3]
+
+    # The inspector and the weighting report read the same run directory.
+    assert main(["schedule", str(run)]) == 0
+    assert "| stage | phase |" in capsys.readouterr().out and (run / "curriculum" / "schedule.png").exists()
+    assert main(["weigh", str(path), "--no-progress", "--show", "2"]) == 0  # weights cached: report only
+    report = json.loads((run / "weighting" / "summary.json").read_text())
+    assert len(report["shown"]) == 2 and report["num_tokens"] > 0
+    assert "<html" in (run / "weighting" / "weights.html").read_text().lower()
 
 
 def test_kpod_ablation_switches_reach_the_artefacts(tmp_path, tiny_llama_dir):
