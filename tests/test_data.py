@@ -7,7 +7,7 @@ import json
 import pytest
 
 from kpod.data.custom import load_user_jsonl
-from kpod.data.datasets import load_split, split_counts
+from kpod.data.datasets import PACKAGED_DATA, load_split, split_counts
 from kpod.data.rationales import assert_no_leakage, import_rationales, normalise_text
 from kpod.data.records import DataError, Rationale
 
@@ -26,7 +26,8 @@ def test_shipped_svamp_has_the_paper_split():
     assert len(set(ids)) == len(ids)  # splits are disjoint
     first = splits["test"][0]
     assert first.id == "chal-429" and first.answer == "111"  # gold 111.0 normalised
-    assert first.question.startswith("Jack received") or first.question  # Body + " " + Question
+    raw = {r["ID"]: r for r in json.loads((PACKAGED_DATA / "raw" / "svamp" / "SVAMP.json").read_text())}
+    assert first.question == f"{raw['chal-429']['Body'].strip()} {raw['chal-429']['Question'].strip()}"
     assert all(q.question and q.answer for v in splits.values() for q in v)
 
 
