@@ -12,17 +12,12 @@ loss (R_i = rationale tokens; the answer sentence is always generated), g(t) the
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import torch
 
-from kpod.distill.dataset import hide_given_steps
 from kpod.baselines.registry import MethodContext, MethodSpec, TrainingSetup
 from kpod.curricula.pacing import curriculum_pacing, steps_per_stage
-from kpod.distill.trainer import DistillTrainer
-
-log = logging.getLogger(__name__)
+from kpod.distill.kpod import StagedTrainer
 
 
 def given_tokens_schedule(rationale_tokens: np.ndarray, fractions: np.ndarray) -> np.ndarray:
@@ -34,28 +29,16 @@ def given_tokens_schedule(rationale_tokens: np.ndarray, fractions: np.ndarray) -
     return given.astype(np.int64)
 
 
-class GivenTokensTrainer(DistillTrainer):
+class GivenTokensTrainer(StagedTrainer):
     """given_tokens: (S, N) target tokens given per stage and example; stages past the last repeat it."""
 
+    schedule_unit = "tokens"
+
     def __init__(self, *args, given_tokens: np.ndarray, steps_per_stage: int, **kwargs):
-        super().__init__(*args, **kwargs)
-        if given_tokens.ndim != 2 or given_tokens.shape[1] != len(self.train_dataset):
-            raise ValueError(f"schedule shape {given_tokens.shape} does not fit {len(self.train_dataset)} examples")
-        self.given_tokens = torch.as_tensor(given_tokens, dtype=torch.long)
-        self.steps_per_stage = steps_per_stage
-        self.stage_log: list[dict] = []
+        super().__init__(*args, schedule=given_tokens, steps_per_stage=steps_per_stage, **kwargs)
 
-    def stage_at(self, global_step: int) -> int:
-        return min(global_step // self.steps_per_stage, len(self.given_tokens) - 1)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        t = self.stage_at(self.state.global_step)
-        if not self.stage_log or self.stage_log[-1]["stage"] != t:
-            mean = float(self.given_tokens[t].float().mean())
-            self.stage_log.append({"stage": t, "from_step": self.state.global_step, "mean_given_tokens": round(mean, 2)})
-            log.info("ICL stage %d from step %d: mean given tokens %.1f", t, self.state.global_step, mean)
-        inputs = hide_given_steps(inputs, self.given_tokens[t, inputs["index"].cpu()])
-        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+    def first_supervised(self, index, entries):
+        return torch.as_tensor(entries, dtype=torch.long)
 
 
 def setup(ctx: MethodContext) -> TrainingSetup:

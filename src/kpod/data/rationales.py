@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from kpod.data.answers import answers_match, extract_answer, normalize_gold
-from kpod.data.datasets import default_data_dir, load_split, split_ids
+from kpod.data.datasets import default_data_dir, load_split
 from kpod.data.records import DataError, Question, Rationale
 
 RUN_ON = re.compile(r"\n\s*\nQ:|\nQ:")
@@ -195,8 +195,7 @@ def only_correct(rationales: list[Rationale]) -> list[Rationale]:
 def assert_no_leakage(rationales: list[Rationale], dataset: str, data_dir: str | Path | None = None) -> None:
     """Raise if any rationale belongs to a dev/test question (by id)."""
     data_dir = Path(data_dir) if data_dir else default_data_dir()
-    held = {str(i) for split in ("dev", "test") for i in split_ids(dataset, split, data_dir)}
-    spec_key = {q.id for split in ("dev", "test") for q in load_split(dataset, split, data_dir)}
-    bad = [r.id for r in rationales if r.id in held or r.id in spec_key]
+    held = {q.id for split in ("dev", "test") for q in load_split(dataset, split, data_dir)}
+    bad = [r.id for r in rationales if r.id in held]
     if bad:
         raise DataError(f"{len(bad)} rationales belong to {dataset} dev/test questions, e.g. {bad[:3]}")
