@@ -77,6 +77,38 @@ class TrainConfig(Strict):
     logging_steps: int = Field(5, ge=1, description="log the loss every N steps")
     save_steps: int = Field(25, ge=1, description="checkpoint every N steps (resume point)")
     torch_threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: all cores")
+    global_batch_size: int | None = Field(None, ge=1, description="examples per optimiser step over all processes (the paper's batch): grad_accum becomes global_batch_size / (batch_size x processes), which must divide; null: grad_accum as given")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="'auto': the launcher's mixed precision (accelerate config; the GPU configs say bf16), fp32 without one; bf16 needs an Ampere or newer GPU (or a CPU); fp16: GPU only")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: much less memory for long rationales, about 20-30 % slower steps")
+
+    @model_validator(mode="after")
+    def _one_way_to_accumulate(self):
+        if self.global_batch_size is not None:
+            if self.grad_accum != 1:
+                raise ValueError(f"set train.grad_accum ({self.grad_accum}) or train.global_batch_size "
+                                 f"({self.global_batch_size}), not both: the global batch sets grad_accum")
+            if self.global_batch_size % self.batch_size:
+                raise ValueError(f"train.global_batch_size {self.global_batch_size} is not a multiple of "
+                                 f"train.batch_size {self.batch_size}")
+        return self
+
+    def accumulation_steps(self, world_size: int = 1) -> int:
+        """Gradient accumulation steps on `world_size` processes: global_batch_size / (batch_size x world_size)
+        when a global batch is set, else grad_accum."""
+        if self.global_batch_size is None:
+            return self.grad_accum
+        per_step = self.batch_size * world_size
+        if self.global_batch_size % per_step:
+            raise ConfigError(f"train.global_batch_size {self.global_batch_size} is not a multiple of train.batch_size "
+                              f"{self.batch_size} x {world_size} processes = {per_step}; change one of them")
+        return self.global_batch_size // per_step
+
+    def fingerprint_fields(self) -> dict:
+        """The settings as JSON for a stage fingerprint; options added later are left out while at their defaults,
+        so runs made before them keep their cached stages."""
+        late = ("global_batch_size", "precision", "gradient_checkpointing")
+        at_default = {k for k in late if getattr(self, k) == type(self).model_fields[k].default}
+        return self.model_dump(mode="json", exclude=at_default)
 
 
 class EvalConfig(Strict):

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from kpod import distributed as dist
 from kpod.config import RunConfig
 from kpod.distill.examples import EncodedExample
 from kpod.paths import RunPaths
@@ -44,9 +45,11 @@ class MethodContext:
     seq2seq: bool = False
 
     def optimizer_steps(self, num_examples: int) -> int:
-        """Optimiser steps of the whole run for `num_examples` examples (the Trainer's own count)."""
-        t = self.cfg.train
-        return math.ceil(math.ceil(num_examples / t.batch_size) / t.grad_accum * t.epochs)
+        """Optimiser steps of the whole run for `num_examples` examples (the Trainer's own count): each of the run's
+        processes gets every n-th batch (accelerate evens them out), `accumulation_steps` of them per step."""
+        t, world = self.cfg.train, dist.world_size()
+        batches = math.ceil(math.ceil(num_examples / t.batch_size) / world)
+        return math.ceil(math.ceil(batches / t.accumulation_steps(world)) * t.epochs)
 
 
 @dataclass
@@ -136,7 +139,7 @@ def method_label(name: str) -> str:
 def prepare_training(ctx: MethodContext) -> TrainingSetup:
     """The training setup of `ctx.cfg.train.method`; its data report (if any) goes to train/method.json."""
     setup = get_method(ctx.cfg.train.method).setup(ctx)
-    if setup.report:
+    if setup.report and dist.is_main():
         ctx.paths.train_dir.mkdir(parents=True, exist_ok=True)
         (ctx.paths.train_dir / "method.json").write_text(
             json.dumps({"method": ctx.cfg.train.method, **setup.report}, indent=1, default=str))

@@ -2,7 +2,9 @@
 
 Plain distillation is the special case with every weight 1 and no given steps. For decoder-only students the LM head
 runs only at supervised positions: prompt and given-step positions need hidden states (they are context) but no
-logits, which saves the vocabulary projection and the softmax over most of the sequence.
+logits, which saves the vocabulary projection and the softmax over most of the sequence. A model wrapped for data
+parallel training (DDP, FSDP, DeepSpeed) must run its step through the wrapper's forward; it gets the same logits
+from its forward with a boolean `logits_to_keep` mask.
 """
 
 from __future__ import annotations
@@ -40,6 +42,31 @@ def _causal_parts(model):
     return body, head, softcap
 
 
+def is_parallel_wrapper(model) -> bool:
+    """True for a DDP / FSDP / DeepSpeed wrapper: its forward (not its inner modules) must run the step, or the
+    gradients are not synchronised (DDP) or the parameters not gathered (FSDP, ZeRO-3)."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel) or type(model).__name__ == "DeepSpeedEngine":
+        return True
+    if torch.distributed.is_available():
+        from torch.distributed import fsdp
+
+        return isinstance(model, tuple(c for c in (getattr(fsdp, "FullyShardedDataParallel", None),
+                                                   getattr(fsdp, "FSDPModule", None)) if c is not None))
+    return False
+
+
+def _wrapped_supervised_logits(model, batch, supervised: torch.Tensor) -> torch.Tensor:
+    """Logits (N, V) at the supervised positions through the wrapper's forward: a boolean (B, L) `logits_to_keep`
+    (Hugging Face causal LMs) keeps the LM head to those positions, in the same row-major order."""
+    keep = torch.cat([supervised, supervised.new_zeros(supervised.shape[0], 1)], dim=1)  # position t predicts t+1
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    try:
+        logits = model(**inputs, logits_to_keep=keep).logits
+    except TypeError:  # a forward without logits_to_keep
+        logits = model(**inputs).logits
+    return logits if logits.dim() == 2 else logits[:, :-1][supervised]  # full (B, L, V) logits: select
+
+
 def supervised_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(logits (N, V), targets (N,), weights (N,)) at the N supervised positions of a decoder-only batch.
 
@@ -47,6 +74,8 @@ def supervised_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tens
     """
     labels, weights = batch["labels"][:, 1:], batch["weights"][:, 1:]
     supervised = labels != IGNORE
+    if is_parallel_wrapper(model):
+        return _wrapped_supervised_logits(model, batch, supervised), labels[supervised], weights[supervised]
     body, head, softcap = _causal_parts(model)
     if body is None or head is None:  # unknown layout: full logits, then select
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]

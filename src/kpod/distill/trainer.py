@@ -3,6 +3,11 @@
 `DistillTrainer` overrides `compute_loss` with the token-weighted loss (Eq. 1 / Eq. 15) and batches examples of
 similar length. Checkpoints, resume, optimiser, schedule and logging are the Trainer's.
 
+Under `accelerate launch` the Trainer wraps the model (DDP, FSDP, DeepSpeed) and shards the batches: every process
+draws the same order and takes every n-th batch of it (accelerate's `BatchSamplerShard`). The length-grouped order
+is then drawn from (seed, epoch) alone, so all processes agree on it; an optimiser step sees
+`batch_size x grad_accum x processes` examples (`train.global_batch_size` fixes that product).
+
     >>> trainer = build_trainer(model, tokenizer, dataset, cfg.train, output_dir, seed=0)
     >>> summary = run_training(trainer, output_dir)
 """
@@ -15,18 +20,45 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.data import Sampler
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.trainer_utils import get_last_checkpoint
 
+from kpod import distributed as dist
 from kpod.config import TrainConfig
 from kpod.distill.dataset import DistillDataset, PadCollator
 from kpod.distill.loss import causal_lm_loss, seq2seq_loss
 from kpod.models import is_seq2seq
 
 
+class SeededLengthGroupedSampler(Sampler):
+    """Length-grouped order (as `LengthGroupedSampler`) drawn from (seed, epoch) alone: the same on every process,
+    whatever each has done with its random state, so accelerate's batch sharding splits one order between them.
+
+    batch_size: the global batch (per-device batch x grad_accum x processes), the group lengths are sorted within.
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        self.batch_size, self.lengths, self.seed, self.epoch = batch_size, lengths, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # the Trainer calls it before each epoch
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
 class DistillTrainer(Trainer):
     """Trainer whose loss is the token-weighted CoT-distillation loss."""
+
+    # compute_loss returns the mean over its micro-batch (it ignores num_items_in_batch), so the Trainer must
+    # divide it by the accumulation steps; left to itself it would not, since the model's forward takes **kwargs.
+    loss_is_scaled_for_ga = False
 
     def __init__(self, *args, loss_normalization: str = "tokens", **kwargs):
         super().__init__(*args, **kwargs)
@@ -46,6 +78,10 @@ class DistillTrainer(Trainer):
         ds = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy == "group_by_length" and isinstance(ds, DistillDataset):
             # Lengths are known without reading the items (KPOD changes labels, never lengths).
+            if self.args.world_size > 1:  # one seeded order that accelerate splits between the processes
+                return SeededLengthGroupedSampler(
+                    self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size,
+                    ds.lengths, seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed)
             return LengthGroupedSampler(
                 self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=ds.lengths
             )
@@ -62,12 +98,13 @@ class LossHistory(TrainerCallback):
 
 
 def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int, use_cpu: bool | None = None) -> TrainingArguments:
+    """The Trainer's arguments; grad_accum follows `cfg.global_batch_size` over this run's processes."""
     if use_cpu is None:
-        use_cpu = not torch.cuda.is_available()
-    return TrainingArguments(
+        use_cpu = dist.use_cpu()
+    args = TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
+        gradient_accumulation_steps=cfg.accumulation_steps(dist.world_size()),
         learning_rate=cfg.lr,
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_steps,
@@ -86,7 +123,20 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int, use_cpu: b
         remove_unused_columns=False,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         disable_tqdm=os.environ.get("KPOD_NO_PROGRESS") == "1",
+        bf16=cfg.precision == "bf16",
+        fp16=cfg.precision == "fp16",
+        activation_checkpointing=cfg.gradient_checkpointing,
+        # non-reentrant checkpointing: works with LoRA's frozen inputs and with DDP
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        # DDP: every trainable parameter (LoRA or full) takes part in each loss, so no search for unused ones
+        ddp_find_unused_parameters=False,
     )
+    if cfg.precision == "fp32":  # override a launcher's mixed precision (ACCELERATE_MIXED_PRECISION)
+        args.mixed_precision = "no"
+        if args.deepspeed_plugin is not None:  # which TrainingArguments already passed on to DeepSpeed's config
+            for key in ("bf16", "fp16"):
+                args.deepspeed_plugin.deepspeed_config.pop(key, None)
+    return args
 
 
 def build_trainer(model, tokenizer, dataset: DistillDataset, cfg: TrainConfig, output_dir: Path, seed: int,
@@ -113,8 +163,9 @@ def run_training(trainer: DistillTrainer, output_dir: Path, final_dir: Path) -> 
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=last)
     wall = time.time() - t0
-    trainer.save_model(str(final_dir))
+    trainer.save_model(str(final_dir))  # every process takes part (FSDP/ZeRO-3 gather the weights); the main one writes
     steps_run = trainer.state.global_step - (int(Path(last).name.split("-")[-1]) if last else 0)
+    tokens = sum(dist.gather([trainer.tokens_seen]))  # over all processes
     summary = {
         "resumed_from": Path(last).name if last else None,
         "global_steps": trainer.state.global_step,
@@ -122,13 +173,17 @@ def run_training(trainer: DistillTrainer, output_dir: Path, final_dir: Path) -> 
         "epochs": trainer.state.epoch,
         "train_wall_s": round(wall, 1),
         "s_per_step": round(wall / max(1, steps_run), 3),
-        "tokens_this_run": trainer.tokens_seen,
-        "train_tokens_per_s": round(trainer.tokens_seen / wall, 1) if wall > 0 else None,
+        "tokens_this_run": tokens,
+        "train_tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
         "final_train_loss": result.training_loss,
         "loss_curve": trainer.loss_history.losses,
         "kpod_stages": getattr(trainer, "stage_log", None),
         "batch_size": trainer.args.per_device_train_batch_size,
         "grad_accum": trainer.args.gradient_accumulation_steps,
+        "processes": trainer.args.world_size,
+        "global_batch_size": (trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
+                              * trainer.args.world_size),
     }
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    if trainer.is_world_process_zero():
+        (output_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
