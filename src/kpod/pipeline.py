@@ -5,6 +5,11 @@ clusters -> schedule] -> [zero-shot eval] -> train (resumable Trainer checkpoint
 from `kpod.baselines.registry`) -> eval (plus other datasets' splits: `eval.datasets`, out of distribution). A stage is
 skipped when `stages.json` records it as done with the same config fingerprint; a changed setting re-runs that stage
 and everything after it.
+
+Under `accelerate launch` (several processes) every process runs this pipeline: the main process computes and writes
+each cached artefact while the others wait, then all read the same files (so the KPOD schedule is one decision, made
+once); step difficulty and evaluation are split between the processes; training is the Trainer's data parallelism.
+The run directory must be on a filesystem that every process sees.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kpod import distributed as dist
 from kpod.baselines.registry import MethodContext, get_method, prepare_training
 from kpod.config import RunConfig, dump_config
 from kpod.data.custom import load_user_jsonl
@@ -62,7 +68,8 @@ class StageLog:
 
     def mark(self, stage: str, fp: str) -> None:
         self.done[stage] = fp
-        self.path.write_text(json.dumps(self.done, indent=1))
+        if dist.is_main():  # the other processes keep the same record in memory
+            self.path.write_text(json.dumps(self.done, indent=1))
 
 
 # ----------------------------------------------------------------------------- data
@@ -121,7 +128,8 @@ class Pipeline:
         self.paths = RunPaths(cfg.resolved_run_dir())
         self.paths.root.mkdir(parents=True, exist_ok=True)
         self.stages = StageLog(self.paths.stages)
-        self.progress = progress
+        dist.barrier()  # every process has read stages.json before the main one changes it: all decide alike
+        self.progress = progress and dist.is_main()
         self.timings: dict[str, float] = {}
         self.peak_rss_mb: dict[str, float] = {}  # process peak resident memory after each stage ran
         if cfg.train.torch_threads:
@@ -129,12 +137,18 @@ class Pipeline:
         torch.manual_seed(cfg.seed)
 
     # Each stage: fingerprint of what it depends on, then work unless cached.
-    def cached(self, stage: str, fp: str, work) -> None:
-        """Run `work()` unless `stage` already finished with the same fingerprint; time it and record it."""
+    def cached(self, stage: str, fp: str, work, every_process: bool = False) -> None:
+        """Run `work()` unless `stage` already finished with the same fingerprint; time it and record it.
+
+        Under several processes only the main process runs `work` (the others wait, then read what it wrote), unless
+        `every_process`: then each runs it (the work shares itself out and the main process writes the result).
+        """
         if self.stages.is_done(stage, fp):
             return
         t0 = time.time()
-        work()
+        if every_process or dist.is_main():
+            work()
+        dist.barrier()
         self.timings[stage] = time.time() - t0
         self.peak_rss_mb[stage] = peak_rss_mb()
         self.stages.mark(stage, fp)
@@ -169,12 +183,13 @@ class Pipeline:
                 for _, row in read_jsonl(self.paths.examples)]
 
     def stage_eval(self, label: str, model, tokenizer, method: str) -> list[dict]:
-        trained_with = self.cfg.train if label != "zero-shot" else None
+        trained_with = self.cfg.train.fingerprint_fields() if label != "zero-shot" else None
         # (an empty eval.datasets leaves the fingerprint of runs made before that option unchanged)
         eval_cfg = self.cfg.eval.model_dump(mode="json", exclude=set() if self.cfg.eval.datasets else {"datasets"})
         fp = fingerprint(self.cfg.data, eval_cfg, self.cfg.student, trained_with, self.cfg.seed, label)
         results = []
         own = self.cfg.data.dataset
+        model = model.to(dist.device())  # each process generates for its shard of the questions on its device
         for dataset, split in [(own, s) for s in self.cfg.eval.splits] + [
                 (d, s) for d in self.cfg.eval.datasets if d != own for s in self.cfg.eval.splits]:
             name = f"{label}-{split}" if dataset == own else f"{label}-{dataset}-{split}"
@@ -223,7 +238,8 @@ class Pipeline:
         difficulty = paths.curriculum_dir / "difficulty.json"
         clusters_path, schedule_path = paths.curriculum_dir / "clusters.json", paths.curriculum_dir / "schedule.json"
         self.cached("difficulty", fingerprint(cfg.data, cfg.student.name, k.token_weights, k.weighting, k.weighted_difficulty),
-                    lambda: ks.run_difficulty(model, tokenizer, examples, weights, k, difficulty, self.progress))
+                    lambda: ks.run_difficulty(model.to(dist.device()), tokenizer, examples, weights, k, difficulty,
+                                              self.progress), every_process=True)
         diffs = ks.load_difficulty(difficulty, examples)
         self.cached("clusters", fingerprint(cfg.data, k.clusters, cfg.seed),
                     lambda: ks.run_clusters(examples, questions, k, cfg.seed, clusters_path))
@@ -234,7 +250,8 @@ class Pipeline:
 
     def stage_train(self, model, tokenizer, examples: list[EncodedExample], weights=None, given_steps=None):
         cfg = self.cfg
-        fp = fingerprint(cfg.data, cfg.student, cfg.train, cfg.seed, get_method(cfg.train.method).settings(cfg))
+        fp = fingerprint(cfg.data, cfg.student, cfg.train.fingerprint_fields(), cfg.seed,
+                         get_method(cfg.train.method).settings(cfg))
         if self.stages.is_done("train", fp) and self.paths.final_model.exists():
             return self._load_final(model)
         if cfg.student.lora.enabled:
@@ -255,6 +272,10 @@ class Pipeline:
         log.info("train: %d steps, %.1f s, %.1f tokens/s", summary["global_steps"], summary["train_wall_s"],
                  summary["train_tokens_per_s"] or 0)
         self.stages.mark("train", fp)
+        if dist.world_size() > 1:
+            # The Trainer's model may be sharded (FSDP, ZeRO-3); every process reads the saved final model instead.
+            dist.barrier()
+            return self._load_final(self._load_student()[0])
         return trainer.model
 
     def _load_final(self, base_model):
@@ -264,20 +285,28 @@ class Pipeline:
             return PeftModel.from_pretrained(base_model, str(self.paths.final_model))
         return type(base_model).from_pretrained(str(self.paths.final_model))
 
+    def _load_student(self):
+        with dist.main_first(local=True):  # the default student is converted once per machine, by one process
+            return load_student(self.cfg.student.name)
+
+    def _dump_config(self) -> None:
+        if dist.is_main():
+            dump_config(self.cfg, self.paths.config)
+
     def prepare_weights(self):
         """Data, encoding and token weights only (for `kpod weigh`)."""
-        dump_config(self.cfg, self.paths.config)
+        self._dump_config()
         questions, rationales = self.stage_data()
-        model, tokenizer = load_student(self.cfg.student.name)
+        model, tokenizer = self._load_student()
         examples = self.stage_encode(tokenizer, questions, rationales)
         return self.stage_weights(tokenizer, questions, examples)
 
     def run(self) -> dict:
         cfg = self.cfg
-        dump_config(cfg, self.paths.config)
+        self._dump_config()
         t_start = time.time()
         questions, rationales = self.stage_data()
-        model, tokenizer = load_student(cfg.student.name)
+        model, tokenizer = self._load_student()
         examples = self.stage_encode(tokenizer, questions, rationales)
         summary: dict = {"name": cfg.name, "method": cfg.train.method, "run_dir": str(self.paths.root)}
         weights = given_steps = None
@@ -294,7 +323,8 @@ class Pipeline:
         summary["timings_s"] = {k: round(v, 1) for k, v in self.timings.items()}
         summary["peak_rss_mb_after_stage"] = self.peak_rss_mb
         summary["wall_s"] = round(time.time() - t_start, 1)
-        (self.paths.root / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        if dist.is_main():
+            (self.paths.root / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         return summary
 
 

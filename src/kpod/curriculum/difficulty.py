@@ -51,10 +51,11 @@ def target_token_nll(model, tokenizer, examples: list[EncodedExample], batch_siz
     ds = DistillDataset(examples, seq2seq=seq2seq, decoder_start_token_id=getattr(model.config, "decoder_start_token_id", None))
     collate = PadCollator(tokenizer.pad_token_id)
     order = sorted(range(len(examples)), key=lambda i: ds.lengths[i])  # similar lengths, little padding
+    device = next(model.parameters()).device
     out: list[np.ndarray | None] = [None] * len(examples)
     for b in tqdm(range(0, len(order), batch_size), desc="step difficulty", disable=not progress, mininterval=2):
         idx = order[b: b + batch_size]
-        batch = collate([ds[i] for i in idx])
+        batch = {k: v.to(device) for k, v in collate([ds[i] for i in idx]).items()}
         if seq2seq:
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            decoder_input_ids=batch["decoder_input_ids"]).logits
@@ -62,7 +63,7 @@ def target_token_nll(model, tokenizer, examples: list[EncodedExample], batch_siz
             logits, targets = logits[supervised], batch["labels"][supervised]
         else:  # logits only at target positions
             logits, targets, _ = supervised_logits(model, batch)
-        nll = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none").numpy()
+        nll = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none").cpu().numpy()
         # Rows come out in batch order, each with exactly its target tokens (nothing is given at this point).
         start = 0
         for i in idx:

@@ -5,7 +5,8 @@ difficulty step difficulties with the un-distilled student  -> curriculum/diffic
 clusters   GloVe + K-means question clusters               -> curriculum/clusters.json
 schedule   D(t) and per-stage c_i(t) with FTGP             -> curriculum/schedule.json (+ schedule.png)
 
-The pipeline (`kpod.pipeline`) calls them in order and caches each.
+The pipeline (`kpod.pipeline`) calls them in order and caches each. Under several processes the pipeline runs them
+on the main process only, except step difficulty, which every process scores a shard of (`kpod.distributed`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kpod import distributed as dist
 from kpod.config import KpodSettings, RunConfig
 from kpod.curriculum.clusters import cluster_questions
 from kpod.curriculum.difficulty import step_difficulties, target_token_nll
@@ -75,16 +77,21 @@ def load_weights(path: Path, examples: list[EncodedExample]) -> list[np.ndarray]
 # ----------------------------------------------------------------------------- difficulty
 def run_difficulty(model, tokenizer, examples, weights, settings: KpodSettings, path: Path,
                    progress: bool = True) -> list[np.ndarray]:
+    """Step difficulties of every example; every process of a launched run scores its shard of the examples and
+    the main process writes the gathered result."""
     t0 = time.time()
-    nll = target_token_nll(model, tokenizer, examples, settings.difficulty_batch_size, progress)
+    nll = dist.map_sharded(
+        lambda part: target_token_nll(model, tokenizer, part, settings.difficulty_batch_size, progress), examples)
     uniform = not settings.weighted_difficulty or weights is None
     diffs = [
         step_difficulties(n[: ex.answer_start], None if weights is None else weights[i], ex.step_spans, uniform)
         for i, (ex, n) in enumerate(zip(examples, nll))
     ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"uniform_within_step": uniform, "wall_s": round(time.time() - t0, 1),
-                                "difficulties": {ex.key: d.round(6).tolist() for ex, d in zip(examples, diffs)}}))
+    if dist.is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"uniform_within_step": uniform, "wall_s": round(time.time() - t0, 1),
+                                    "processes": dist.world_size(),
+                                    "difficulties": {ex.key: d.round(6).tolist() for ex, d in zip(examples, diffs)}}))
     log.info("difficulty: %.0f s, total B = %.1f", time.time() - t0, sum(float(d.sum()) for d in diffs))
     return diffs
 

@@ -1,7 +1,8 @@
 """Accuracy of a student on a split: generate from the question alone, extract, compare with gold.
 
 Writes a predictions JSONL (question id, output, extracted, gold, correct, diagnostics) and a results JSON with
-dataset, split, n, accuracy (percent), method, model, seed, commit and generation throughput.
+dataset, split, n, accuracy (percent), method, model, seed, commit and generation throughput. Under several
+processes (`accelerate launch`) each generates for its shard of the questions; the main process writes the files.
 
     >>> results = evaluate_questions(model, tok, questions, dataset="svamp", split="test", out_dir=Path("eval/test"))
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from kpod import distributed as dist
 from kpod.data.answers import answers_match, extract_answer_details
 from kpod.data.prompts import DEFAULT_PROMPT, render_prompt
 from kpod.data.records import Question, write_jsonl
@@ -46,14 +48,26 @@ def machine() -> dict:
             "torch": torch.__version__, "python": platform.python_version()}
 
 
+def merge_generation_stats(per_process: list[dict]) -> dict:
+    """Generation statistics of processes that ran side by side: token counts add up, the wall time is the
+    slowest process's."""
+    total = {k: sum(s[k] for s in per_process) for k in ("prefill_tokens", "computed_tokens", "useful_tokens")}
+    wall = max(s["wall_s"] for s in per_process)
+    return {**per_process[0], **total, "wall_s": wall, "processes": len(per_process),
+            "useful_tokens_per_s": round(total["useful_tokens"] / wall, 1) if wall else None,
+            "useful_over_computed": round(total["useful_tokens"] / max(1, total["computed_tokens"]), 3)}
+
+
 def evaluate_questions(
     model, tokenizer, questions: list[Question], *, dataset: str, split: str, out_dir: Path | None = None,
     method: str = "", model_name: str = "", seed: int = 0, prompt_template: str = DEFAULT_PROMPT,
     batch_size: int = 32, max_new_tokens: int = 200, progress: bool = True,
 ) -> dict:
     prompts = [render_prompt(q, prompt_template) for q in questions]
-    outputs, gen_stats = generate(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                  progress=progress)
+    outputs, gen_stats = generate(model, tokenizer, dist.shard(prompts), batch_size=batch_size,
+                                  max_new_tokens=max_new_tokens, progress=progress)
+    if dist.world_size() > 1:
+        outputs, gen_stats = dist.gather(outputs), merge_generation_stats(dist.gather([gen_stats]))
     rows, n_correct, n_strict_correct, n_no_answer = [], 0, 0, 0
     for q, out in zip(questions, outputs):
         det = extract_answer_details(out, dataset, q.choices)
@@ -79,7 +93,7 @@ def evaluate_questions(
         "machine": machine(),
         "generation": gen_stats,
     }
-    if out_dir is not None:
+    if out_dir is not None and dist.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
         write_jsonl(out_dir / "predictions.jsonl", rows)
         (out_dir / "results.json").write_text(json.dumps(results, indent=1))
