@@ -243,7 +243,7 @@ def test_gradients_reach_the_weight_generator_through_the_sampling(pretrained_pr
 def test_module_keeps_digits_and_masks_filler(pretrained_predictor):
     examples = make_examples(256, seed=7)
     examples.append(WeightingExample(list(QUESTION), [], [11]))  # nothing to weight: skipped, empty weights
-    config = WeightingConfig(max_steps=120, predictor_lr=1e-3)
+    config = WeightingConfig(max_steps=120, predictor_mode="lora", lr=1e-3, num_prefix_lengths=2, predictor_lr=1e-3)
     weights, stats = train_token_weighting(
         examples, pretrained_predictor.get_input_embeddings(), pretrained_predictor, config, CUE, progress=False
     )
@@ -256,6 +256,20 @@ def test_module_keeps_digits_and_masks_filler(pretrained_predictor):
     assert len(stats["loss"]) == len(stats["keep_ratio"]) == len(stats["temperature"]) == 120
     assert stats["final_keep_ratio"] < 0.5  # filler (10 of 12 tokens) is masked
     assert stats["examples_per_second"] > 0
+
+
+def test_default_settings_keep_digits_and_mask_filler(pretrained_predictor):
+    """The defaults (frozen predictor, one prefix per rationale, lr 1e-2) separate keypoints in a few dozen steps."""
+    examples = make_examples(256, seed=11)
+    before = {k: v.clone() for k, v in pretrained_predictor.state_dict().items()}
+    weights, stats = train_token_weighting(
+        examples, pretrained_predictor.get_input_embeddings(), pretrained_predictor, WeightingConfig(max_steps=40),
+        CUE, progress=False,
+    )
+    digit, filler = class_means(weights, examples)
+    assert digit > 0.9 and filler < 0.2, (digit, filler)
+    after = pretrained_predictor.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())  # frozen: the predictor is not trained
 
 
 def test_larger_alpha_masks_more(pretrained_predictor):
@@ -381,7 +395,7 @@ def test_real_student_as_embedding_and_predictor():
     ]
     examples = [WeightingExample(tok(q).input_ids, tok(r).input_ids, tok(a).input_ids) for q, r, a in items]
     before = model.get_input_embeddings().weight.detach().clone()
-    config = WeightingConfig(max_steps=2, batch_size=2, num_prefix_lengths=1)  # default mode: LoRA on a copy
+    config = WeightingConfig(max_steps=2, batch_size=2, predictor_mode="lora")  # LoRA on a copy
     weights, stats = train_token_weighting(
         examples, model.get_input_embeddings(), model, config, tok(" Therefore, the answer is").input_ids, progress=False
     )
