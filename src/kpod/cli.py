@@ -68,7 +68,8 @@ def cmd_eval(args) -> int:
     out_dir = Path(args.out) if args.out else None
     res = evaluate_questions(model, tok, questions, dataset=kind, split=args.split, out_dir=out_dir,
                              method=args.method, model_name=args.model, batch_size=args.batch_size,
-                             max_new_tokens=args.max_new_tokens, progress=not args.no_progress)
+                             max_new_tokens=args.max_new_tokens, progress=not args.no_progress, engine=args.engine,
+                             engine_dir=(out_dir or Path(".")) / "vllm-model")
     print(json.dumps(res, indent=1))
     return 0
 
@@ -247,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-examples", type=int)
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--max-new-tokens", type=int, default=200)
+    e.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="vllm: GPU machines, pip install kpod[vllm]")
     e.add_argument("--method", default="", help="label written into the results")
     e.add_argument("--out", help="folder for predictions.jsonl and results.json")
     e.add_argument("--no-progress", action="store_true")

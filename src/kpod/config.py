@@ -80,6 +80,9 @@ class TrainConfig(Strict):
     global_batch_size: int | None = Field(None, ge=1, description="examples per optimiser step over all processes (the paper's batch): grad_accum becomes global_batch_size / (batch_size x processes), which must divide; null: grad_accum as given")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="'auto': the launcher's mixed precision (accelerate config; the GPU configs say bf16), fp32 without one; bf16 needs an Ampere or newer GPU (or a CPU); fp16: GPU only")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: much less memory for long rationales, about 20-30 % slower steps")
+    packing: bool = Field(False, description="pack each batch's examples into rows of at most packing_max_tokens tokens, separated by position ids (decoder-only students; no pad tokens computed); same examples and loss as padding. Helps most when batches are not grouped by length")
+    packing_max_tokens: int = Field(1024, ge=16, description="longest packed row in tokens (longer examples get a row of their own); attention cost grows with the row length")
+    torch_compile: bool = Field(False, description="compile the student's backbone with torch.compile (dynamic shapes); the first steps pay the compile time")
 
     @model_validator(mode="after")
     def _one_way_to_accumulate(self):
@@ -106,7 +109,8 @@ class TrainConfig(Strict):
     def fingerprint_fields(self) -> dict:
         """The settings as JSON for a stage fingerprint; options added later are left out while at their defaults,
         so runs made before them keep their cached stages."""
-        late = ("global_batch_size", "precision", "gradient_checkpointing")
+        late = ("global_batch_size", "precision", "gradient_checkpointing", "packing", "packing_max_tokens",
+                "torch_compile")
         at_default = {k for k in late if getattr(self, k) == type(self).model_fields[k].default}
         return self.model_dump(mode="json", exclude=at_default)
 
@@ -118,6 +122,7 @@ class EvalConfig(Strict):
     max_examples: int | None = Field(None, ge=1, description="evaluate only the first N questions of each split")
     zero_shot: bool = Field(False, description="also evaluate the un-distilled student (the 'no distillation' row)")
     datasets: list[str] = Field([], description="other datasets whose splits are also evaluated (out-of-distribution), e.g. [asdiv, svamp] after training on gsm8k")
+    engine: Literal["hf", "vllm"] = Field("hf", description="'hf': kpod's batched decoding (CPU or GPU, sharded over processes); 'vllm': vLLM on a GPU machine (pip install kpod[vllm]; one process), the student exported with its LoRA merged")
 
 
 class KpodSettings(Strict):
@@ -199,6 +204,9 @@ class RunConfig(Strict):
         if self.train.method in MULTI_RATIONALE_METHODS and self.data.rationales_per_question == 1:
             raise ValueError(f"train.method {self.train.method} learns from several rationales per question: "
                              "set data.rationales_per_question to null (all) or >= 2")
+        if self.train.packing and self.train.method not in ("plain", "kpod"):
+            raise ValueError(f"train.packing works with the plain and kpod methods, whose loss is per token; "
+                             f"{self.train.method} scores whole examples, which packed rows mix: set packing false")
         if self.train.method == "mcc_kd" and self.train.batch_size % 2:
             raise ValueError("train.method mcc_kd batches pairs of rationales: train.batch_size must be even, "
                              f"got {self.train.batch_size}")

@@ -185,7 +185,9 @@ class Pipeline:
     def stage_eval(self, label: str, model, tokenizer, method: str) -> list[dict]:
         trained_with = self.cfg.train.fingerprint_fields() if label != "zero-shot" else None
         # (an empty eval.datasets leaves the fingerprint of runs made before that option unchanged)
-        eval_cfg = self.cfg.eval.model_dump(mode="json", exclude=set() if self.cfg.eval.datasets else {"datasets"})
+        # (options left at defaults that predate them are left out, so older runs keep their cached results)
+        eval_cfg = self.cfg.eval.model_dump(mode="json", exclude=({"datasets"} if not self.cfg.eval.datasets else set())
+                                            | ({"engine"} if self.cfg.eval.engine == "hf" else set()))
         fp = fingerprint(self.cfg.data, eval_cfg, self.cfg.student, trained_with, self.cfg.seed, label)
         results = []
         own = self.cfg.data.dataset
@@ -205,7 +207,7 @@ class Pipeline:
                 out_dir=self.paths.eval_dir(name), method=method, model_name=self.cfg.student.name,
                 seed=self.cfg.seed, prompt_template=self.cfg.data.prompt_template,
                 batch_size=self.cfg.eval.batch_size, max_new_tokens=self.cfg.eval.max_new_tokens,
-                progress=self.progress,
+                progress=self.progress, engine=self.cfg.eval.engine, engine_dir=self.paths.root / "eval" / f"{label}-vllm-model",
             )
             self.timings[f"eval:{name}"] = time.time() - t0
             self.peak_rss_mb[f"eval:{name}"] = peak_rss_mb()

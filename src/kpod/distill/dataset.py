@@ -84,13 +84,20 @@ class DistillDataset(Dataset):
 
 
 def hide_given_steps(batch: dict[str, torch.Tensor], first_supervised: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Return a batch whose labels/weights ignore each row's target tokens before `first_supervised` (B,).
+    """Return a batch whose labels/weights ignore each example's target tokens before `first_supervised` (B,).
 
-    The tokens stay in the input (teacher forcing); only their loss is removed.
+    The tokens stay in the input (teacher forcing); only their loss is removed. Works on padded batches (example
+    b is row b, starting at column 0) and on packed ones (`row` and `offset` say where each example lies).
     """
     labels, weights = batch["labels"].clone(), batch["weights"].clone()
-    positions = torch.arange(labels.shape[1], device=labels.device)[None, :]
-    hidden = positions < (batch["target_start"].to(labels.device) + first_supervised.to(labels.device))[:, None]
+    device = labels.device
+    n = len(first_supervised)
+    rows = batch["row"].to(device) if "row" in batch else torch.arange(n, device=device)
+    offsets = batch["offset"].to(device) if "offset" in batch else torch.zeros(n, dtype=torch.long, device=device)
+    ends = offsets + batch["target_start"].to(device) + first_supervised.to(device)  # first visible label column
+    hidden = torch.zeros_like(labels, dtype=torch.bool)
+    for r, start, end in zip(rows.tolist(), offsets.tolist(), ends.tolist()):
+        hidden[r, start:end] = True
     labels[hidden] = IGNORE
     weights[hidden] = 0.0
     return {**batch, "labels": labels, "weights": weights}
@@ -117,3 +124,66 @@ class PadCollator:
             mask[r, : len(it["input_ids"])] = 1
         out["attention_mask"] = mask
         return out
+
+
+class PackingCollator:
+    """Packs a batch's examples into as few rows of at most `max_row_tokens` tokens as first-fit allows.
+
+    Each example keeps its own position ids (0, 1, ...) and no attention mask is passed, so the model builds a
+    block-diagonal causal mask from the position ids (transformers' packed-sequence support): examples in one row
+    never see each other. Row tails are filled with pad tokens that form a segment of their own and carry no loss.
+    The batch still holds the same examples as a padded one, so the loss is the same; what changes is how many
+    pad tokens are computed. `row` and `offset` (per example) say where each example lies, for `hide_given_steps`.
+    An example longer than `max_row_tokens` gets a row of its own. Decoder-only students only.
+    """
+
+    def __init__(self, pad_token_id: int, max_row_tokens: int):
+        if max_row_tokens < 1:
+            raise ValueError(f"max_row_tokens must be >= 1, got {max_row_tokens}")
+        self.pad = pad_token_id
+        self.max_row_tokens = max_row_tokens
+
+    def rows_for(self, lengths: list[int]) -> list[list[int]]:
+        """First-fit decreasing: a list of rows, each the item indices it holds, in placing order."""
+        rows: list[list[int]] = []
+        used: list[int] = []
+        for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+            for r, u in enumerate(used):
+                if u + lengths[i] <= self.max_row_tokens:
+                    rows[r].append(i)
+                    used[r] += lengths[i]
+                    break
+            else:
+                rows.append([i])
+                used.append(lengths[i])
+        return rows
+
+    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        if "decoder_input_ids" in items[0]:
+            raise ValueError("sequence packing is for decoder-only students; seq2seq batches are padded")
+        lengths = [len(it["input_ids"]) for it in items]
+        rows = self.rows_for(lengths)
+        width = max(sum(lengths[i] for i in row) for row in rows)
+        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+        weights = torch.zeros((len(rows), width), dtype=torch.float32)
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
+        row_of, offset_of = [0] * len(items), [0] * len(items)
+        for r, row in enumerate(rows):
+            at = 0
+            for i in row:
+                it, n = items[i], lengths[i]
+                ids[r, at : at + n] = torch.tensor(it["input_ids"])
+                labels[r, at : at + n] = torch.tensor(it["labels"])
+                weights[r, at : at + n] = torch.tensor(it["weights"])
+                positions[r, at : at + n] = torch.arange(n)
+                row_of[i], offset_of[i] = r, at
+                at += n
+            positions[r, at:] = torch.arange(width - at)  # the pad tail: a segment of its own
+        return {
+            "input_ids": ids, "labels": labels, "weights": weights, "position_ids": positions,
+            "target_start": torch.tensor([it["target_start"] for it in items]),
+            "index": torch.tensor([it["index"] for it in items]),
+            "row": torch.tensor(row_of), "offset": torch.tensor(offset_of),
+            "num_tokens": torch.tensor(sum(lengths)),
+        }

@@ -42,6 +42,14 @@ def _causal_parts(model):
     return body, head, softcap
 
 
+def backbone(model) -> torch.nn.Module:
+    """The module that turns token ids into hidden states (what `torch.compile` speeds up), through a peft wrapper."""
+    body = _causal_parts(model)[0]
+    if body is None:
+        raise ValueError(f"cannot find the backbone of {type(model).__name__} (no base_model_prefix attribute)")
+    return body
+
+
 def is_parallel_wrapper(model) -> bool:
     """True for a DDP / FSDP / DeepSpeed wrapper: its forward (not its inner modules) must run the step, or the
     gradients are not synchronised (DDP) or the parameters not gathered (FSDP, ZeRO-3)."""
@@ -59,7 +67,7 @@ def _wrapped_supervised_logits(model, batch, supervised: torch.Tensor) -> torch.
     """Logits (N, V) at the supervised positions through the wrapper's forward: a boolean (B, L) `logits_to_keep`
     (Hugging Face causal LMs) keeps the LM head to those positions, in the same row-major order."""
     keep = torch.cat([supervised, supervised.new_zeros(supervised.shape[0], 1)], dim=1)  # position t predicts t+1
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    inputs = _model_inputs(batch)
     try:
         logits = model(**inputs, logits_to_keep=keep).logits
     except TypeError:  # a forward without logits_to_keep
@@ -67,10 +75,19 @@ def _wrapped_supervised_logits(model, batch, supervised: torch.Tensor) -> torch.
     return logits if logits.dim() == 2 else logits[:, :-1][supervised]  # full (B, L, V) logits: select
 
 
+def _model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A padded batch goes in with its attention mask; a packed one with position ids and no mask. No KV cache: a
+    training forward needs none, and with one transformers does not look for packed sequences."""
+    if "position_ids" in batch:
+        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+
+
 def supervised_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(logits (N, V), targets (N,), weights (N,)) at the N supervised positions of a decoder-only batch.
 
-    batch: input_ids, attention_mask, labels, weights, all (B, L); position t predicts token t+1.
+    batch: input_ids, labels, weights, all (B, L), and attention_mask (padded batches) or position_ids (packed
+    batches, see `PackingCollator`); position t predicts token t+1.
     """
     labels, weights = batch["labels"][:, 1:], batch["weights"][:, 1:]
     supervised = labels != IGNORE
@@ -78,9 +95,9 @@ def supervised_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tens
         return _wrapped_supervised_logits(model, batch, supervised), labels[supervised], weights[supervised]
     body, head, softcap = _causal_parts(model)
     if body is None or head is None:  # unknown layout: full logits, then select
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        logits = model(**_model_inputs(batch)).logits[:, :-1]
         return logits[supervised], labels[supervised], weights[supervised]
-    hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    hidden = body(**_model_inputs(batch)).last_hidden_state
     logits = head(hidden[:, :-1][supervised])
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
@@ -105,7 +122,7 @@ def seq2seq_loss(model, batch: dict[str, torch.Tensor], normalization: str = "to
 
 def reference_causal_lm_loss(model, batch: dict[str, torch.Tensor], normalization: str = "tokens") -> torch.Tensor:
     """The same loss through the model's full logits: the slow path that tests compare the fast one with."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    logits = model(**_model_inputs(batch)).logits[:, :-1]
     labels, weights = batch["labels"][:, 1:], batch["weights"][:, 1:]
     supervised = labels != IGNORE
     return weighted_nll(logits[supervised], labels[supervised], weights[supervised], normalization)

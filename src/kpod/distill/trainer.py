@@ -27,8 +27,8 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from kpod import distributed as dist
 from kpod.config import TrainConfig
-from kpod.distill.dataset import DistillDataset, PadCollator
-from kpod.distill.loss import causal_lm_loss, seq2seq_loss
+from kpod.distill.dataset import DistillDataset, PackingCollator, PadCollator
+from kpod.distill.loss import backbone, causal_lm_loss, seq2seq_loss
 from kpod.models import is_seq2seq
 
 
@@ -68,7 +68,8 @@ class DistillTrainer(Trainer):
         self._loss_fn = seq2seq_loss if is_seq2seq(base) else causal_lm_loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        self.tokens_seen += int(inputs["attention_mask"].sum())
+        # non-pad tokens: packed batches count their own, padded ones are counted by their attention mask
+        self.tokens_seen += int(inputs["num_tokens"]) if "num_tokens" in inputs else int(inputs["attention_mask"].sum())
         if "decoder_input_ids" in inputs:
             self.tokens_seen += int((inputs["labels"] != -100).sum())
         loss = self._loss_fn(model, inputs, self.loss_normalization)
@@ -86,6 +87,38 @@ class DistillTrainer(Trainer):
                 self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=ds.lengths
             )
         return super()._get_train_sampler(train_dataset)
+
+
+class EpochLog(TrainerCallback):
+    """Wall time and memory of each epoch: the resident memory at its end (ours must not grow from epoch to epoch;
+    a copy of the data per epoch would show here) and the process's peak so far."""
+
+    def __init__(self):
+        self.epochs: list[dict] = []
+        self._start = time.time()
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self._start = time.time()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.epochs.append({"epoch": round(state.epoch or 0, 3), "step": state.global_step,
+                            "wall_s": round(time.time() - self._start, 1), "rss_mb": current_rss_mb(),
+                            "peak_rss_mb": peak_rss_mb()})
+
+
+def current_rss_mb() -> float | None:
+    """Resident memory of this process now (Linux /proc; None elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 class LossHistory(TrainerCallback):
@@ -142,17 +175,27 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int, use_cpu: b
 def build_trainer(model, tokenizer, dataset: DistillDataset, cfg: TrainConfig, output_dir: Path, seed: int,
                   trainer_cls=DistillTrainer, **trainer_kwargs) -> DistillTrainer:
     """A trainer of `trainer_cls` (DistillTrainer or a subclass; extra keyword arguments go to it)."""
-    history = LossHistory()
+    history, epochs = LossHistory(), EpochLog()
+    if cfg.packing:
+        if dataset.seq2seq:
+            raise ValueError("train.packing is for decoder-only students; set it false for seq2seq students")
+        collator = PackingCollator(tokenizer.pad_token_id, cfg.packing_max_tokens)
+    else:
+        collator = PadCollator(tokenizer.pad_token_id)
+    if cfg.torch_compile:
+        # The backbone, not the wrapper: the loss calls it directly (LM head only at supervised positions).
+        # dynamic=True: batch widths vary from step to step, one graph serves them all.
+        backbone(model).compile(dynamic=True)
     trainer = trainer_cls(
         model=model,
         args=training_arguments(cfg, output_dir, seed),
         train_dataset=dataset,
-        data_collator=PadCollator(tokenizer.pad_token_id),
-        callbacks=[history],
+        data_collator=collator,
+        callbacks=[history, epochs],
         loss_normalization=cfg.loss_normalization,
         **trainer_kwargs,
     )
-    trainer.loss_history = history
+    trainer.loss_history, trainer.epoch_log = history, epochs
     return trainer
 
 
@@ -177,6 +220,8 @@ def run_training(trainer: DistillTrainer, output_dir: Path, final_dir: Path) -> 
         "train_tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
         "final_train_loss": result.training_loss,
         "loss_curve": trainer.loss_history.losses,
+        "epoch_log": trainer.epoch_log.epochs,
+        "peak_rss_mb": peak_rss_mb(),
         "kpod_stages": getattr(trainer, "stage_log", None),
         "batch_size": trainer.args.per_device_train_batch_size,
         "grad_accum": trainer.args.gradient_accumulation_steps,

@@ -61,13 +61,27 @@ def merge_generation_stats(per_process: list[dict]) -> dict:
 def evaluate_questions(
     model, tokenizer, questions: list[Question], *, dataset: str, split: str, out_dir: Path | None = None,
     method: str = "", model_name: str = "", seed: int = 0, prompt_template: str = DEFAULT_PROMPT,
-    batch_size: int = 32, max_new_tokens: int = 200, progress: bool = True,
+    batch_size: int = 32, max_new_tokens: int = 200, progress: bool = True, engine: str = "hf",
+    engine_dir: Path | None = None,
 ) -> dict:
+    """engine 'hf': kpod's batched decoding (sharded over processes); 'vllm': vLLM in this process, with the
+    model exported to `engine_dir` (see `kpod.evaluation.vllm_engine`)."""
     prompts = [render_prompt(q, prompt_template) for q in questions]
-    outputs, gen_stats = generate(model, tokenizer, dist.shard(prompts), batch_size=batch_size,
-                                  max_new_tokens=max_new_tokens, progress=progress)
-    if dist.world_size() > 1:
-        outputs, gen_stats = dist.gather(outputs), merge_generation_stats(dist.gather([gen_stats]))
+    if engine == "vllm":
+        if dist.world_size() > 1:
+            raise RuntimeError("eval.engine 'vllm' runs in one process (vLLM spreads over the GPUs itself): "
+                               "evaluate with `kpod eval` outside accelerate launch")
+        from kpod.evaluation.vllm_engine import generate_with_vllm
+
+        outputs, gen_stats = generate_with_vllm(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                                work_dir=engine_dir or Path("vllm-model"), seed=seed, progress=progress)
+    elif engine == "hf":
+        outputs, gen_stats = generate(model, tokenizer, dist.shard(prompts), batch_size=batch_size,
+                                      max_new_tokens=max_new_tokens, progress=progress)
+        if dist.world_size() > 1:
+            outputs, gen_stats = dist.gather(outputs), merge_generation_stats(dist.gather([gen_stats]))
+    else:
+        raise ValueError(f"unknown evaluation engine {engine!r}: 'hf' or 'vllm'")
     rows, n_correct, n_strict_correct, n_no_answer = [], 0, 0, 0
     for q, out in zip(questions, outputs):
         det = extract_answer_details(out, dataset, q.choices)
