@@ -4,11 +4,14 @@ Both train the default student with the same LoRA config (r 16, alpha 32, dropou
 batch 8, AdamW lr 2e-4, on the same SVAMP GPT-3.5 examples (first rationale per question):
 - comparator: the plain loop of the SVAMP anchor benchmark — shuffled batches sorted by length inside
   mega-batches of 64, `model(input_ids, attention_mask, labels)` (logits at every position), backward, clip, step;
-- kpod: `DistillTrainer` on the Hugging Face Trainer, logits only at supervised positions, length-grouped batches.
-Blocks of steps alternate between the two so that machine noise hits both alike. Also checks that both give the
+- kpod: `DistillTrainer` on the Hugging Face Trainer, logits only at supervised positions, length-grouped batches;
+  kpod_compile: the same with `train.torch_compile` (compile time included); kpod_packing: random batches packed
+  into rows of up to 1024 tokens (`train.packing`).
+Blocks of steps alternate between the paths so that machine noise hits all alike. Also checks that both give the
 same loss on the same batch and weights.
 
-    python bench/train_throughput.py --steps 12 --blocks 2      # writes results/train_throughput.{json,md}
+    python bench/train_throughput.py --steps 12 --blocks 2 --variants kpod kpod_compile kpod_packing
+    # writes results/train_throughput.{json,md}
 """
 
 from __future__ import annotations
@@ -76,9 +79,18 @@ def run_comparator(ds, collate, steps, seed) -> dict:
     return {"steps": len(batches), "tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall}
 
 
-def run_kpod(ds, tok, steps, seed, out_dir) -> dict:
+VARIANTS = {  # kpod's trainer with its speed options (TrainConfig fields)
+    "kpod": {},
+    "kpod_compile": {"torch_compile": True},
+    "kpod_packing": {"packing": True, "group_by_length": False},  # random batches, packed: no pad tokens
+}
+
+
+def run_kpod(ds, tok, steps, seed, out_dir, options=None) -> dict:
     model = fresh_model(seed)
-    cfg = TrainConfig(epochs=1, batch_size=8, lr=2e-4, warmup_steps=0, save_steps=10_000, logging_steps=10_000)
+    torch._dynamo.reset()
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=2e-4, warmup_steps=0, save_steps=10_000, logging_steps=10_000,
+                      **(options or {}))
     trainer = build_trainer(model, tok, ds, cfg, out_dir, seed)
     trainer.args.max_steps = steps
     trainer.args.save_strategy = "no"
@@ -102,6 +114,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=12, help="optimizer steps per block")
     ap.add_argument("--blocks", type=int, default=2, help="alternating blocks per path")
+    ap.add_argument("--variants", nargs="+", default=["kpod"], choices=sorted(VARIANTS),
+                    help="kpod trainer variants to time beside the comparator")
     ap.add_argument("--out", default=str(ROOT / "results" / "train_throughput"))
     a = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -113,10 +127,11 @@ def main() -> None:
     ds, collate = DistillDataset(examples), PadCollator(tok.pad_token_id)
 
     check = same_loss_check(ds, collate, 0)
-    runs = {"comparator": [], "kpod": []}
+    runs = {"comparator": [], **{v: [] for v in a.variants}}
     for block in range(a.blocks):
         runs["comparator"].append(run_comparator(ds, collate, a.steps, seed=block))
-        runs["kpod"].append(run_kpod(ds, tok, a.steps, block, Path("/tmp") / "kpod-bench-train"))
+        for v in a.variants:
+            runs[v].append(run_kpod(ds, tok, a.steps, block, Path("/tmp") / "kpod-bench-train", VARIANTS[v]))
         print(json.dumps({k: v[-1] for k, v in runs.items()}), flush=True)
 
     def total(name):
@@ -130,9 +145,11 @@ def main() -> None:
         "machine": machine(), "commit": git_commit(), "load_average_at_end": os.getloadavg(),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "data": report, "steps_per_block": a.steps, "blocks": a.blocks, "seeds": list(range(a.blocks)),
-        "same_loss_check": check, "comparator": total("comparator"), "kpod": total("kpod"), "runs": runs,
+        "same_loss_check": check, "variants": {v: VARIANTS[v] for v in a.variants}, "runs": runs,
+        **{name: total(name) for name in runs},
     }
-    result["speedup"] = round(result["kpod"]["tokens_per_s"] / result["comparator"]["tokens_per_s"], 2)
+    result["speedup"] = {v: round(result[v]["tokens_per_s"] / result["comparator"]["tokens_per_s"], 2)
+                         for v in a.variants}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out + ".json").write_text(json.dumps(result, indent=1))
     md = [
@@ -141,12 +158,14 @@ def main() -> None:
         f"commit {result['commit']}; load average at end {tuple(round(x, 2) for x in result['load_average_at_end'])}.",
         "", "| path | steps | tokens | wall (s) | s/step | tokens/s |", "|---|---|---|---|---|---|",
     ]
-    for name in ("comparator", "kpod"):
+    for name in runs:
         t = result[name]
         md.append(f"| {name} | {a.steps * a.blocks} | {t['tokens']} | {t['wall_s']} | {t['s_per_step']} | {t['tokens_per_s']} |")
-    md += ["", f"Speed-up: **{result['speedup']}x**. Same batch, same weights: HF loss {check['hf_loss']:.6f}, "
+    speedups = ", ".join(f"{v} **{x}x**" for v, x in result["speedup"].items())
+    md += ["", f"Speed-up over the comparator in tokens/s: {speedups}. Same batch, same weights: HF loss {check['hf_loss']:.6f}, "
            f"kpod loss {check['kpod_loss']:.6f} (|diff| {check['abs_diff']:.2e}). Peak RSS {result['peak_rss_mb']} MB.",
-           "", "Reproduce: `python bench/train_throughput.py --steps %d --blocks %d`" % (a.steps, a.blocks)]
+           "", "Reproduce: `python bench/train_throughput.py --steps %d --blocks %d --variants %s`" % (
+               a.steps, a.blocks, " ".join(a.variants))]
     Path(a.out + ".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
