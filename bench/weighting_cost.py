@@ -92,7 +92,7 @@ def main() -> None:
     plain = None if a.no_plain else plain_epoch_seconds(cfg, examples, work)
     result = {
         "benchmark": "token weighting on the SVAMP GPT-3.5 training rationales vs one plain distillation epoch",
-        "machine": machine(), "commit": git_commit(), "config": cfg.model_dump(mode="json"),
+        "machine": machine(), "commit": git_commit(), "config": cfg.model_dump(mode="json", exclude={"run_dir"}),  # a temporary folder
         "examples": len(examples), "weighting": runs, "plain_epoch": plain,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "load_average_at_end": os.getloadavg(),
