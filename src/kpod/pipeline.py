@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import resource
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -34,7 +33,7 @@ from kpod.data.rationales import assert_no_leakage, import_rationales
 from kpod.data.records import DataError, Question, Rationale, read_jsonl, write_jsonl
 from kpod.distill.dataset import DistillDataset
 from kpod.distill.examples import EncodedExample, encode_examples
-from kpod.distill.trainer import build_trainer, run_training
+from kpod.distill.trainer import build_trainer, peak_rss_mb, run_training
 from kpod.evaluation.evaluate import evaluate_questions
 from kpod.models import add_lora, is_seq2seq, load_student
 from kpod.paths import RunPaths
@@ -328,11 +327,6 @@ class Pipeline:
         if dist.is_main():
             (self.paths.root / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         return summary
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def method_label(cfg: RunConfig) -> str:

@@ -116,6 +116,7 @@ def current_rss_mb() -> float | None:
 
 
 def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
