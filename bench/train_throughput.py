@@ -6,7 +6,8 @@ batch 8, AdamW lr 2e-4, on the same SVAMP GPT-3.5 examples (first rationale per 
   mega-batches of 64, `model(input_ids, attention_mask, labels)` (logits at every position), backward, clip, step;
 - kpod: `DistillTrainer` on the Hugging Face Trainer, logits only at supervised positions, length-grouped batches;
   kpod_compile: the same with `train.torch_compile` (compile time included); kpod_packing: random batches packed
-  into rows of up to 1024 tokens (`train.packing`).
+  into rows of up to 1024 tokens (`train.packing`); kpod_torch_dropout: `nn.Dropout` masks in the LoRA branches
+  instead of kpod's cheaper CPU masks (`train.fast_lora_dropout: false`).
 Blocks of steps alternate between the paths so that machine noise hits all alike. Also checks that both give the
 same loss on the same batch and weights.
 
@@ -83,6 +84,7 @@ VARIANTS = {  # kpod's trainer with its speed options (TrainConfig fields)
     "kpod": {},
     "kpod_compile": {"torch_compile": True},
     "kpod_packing": {"packing": True, "group_by_length": False},  # random batches, packed: no pad tokens
+    "kpod_torch_dropout": {"fast_lora_dropout": False},  # nn.Dropout's mask, as the comparator draws it
 }
 
 

@@ -128,7 +128,7 @@ class Cell:
         return self.run_dir / "experiment-cell.json"
 
     def fingerprint(self) -> str:
-        blob = json.dumps(self.config.model_dump(mode="json"), sort_keys=True)
+        blob = json.dumps(self.config.fingerprint_dump(), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def is_done(self) -> bool:

@@ -28,6 +28,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from kpod import distributed as dist
 from kpod.config import TrainConfig
 from kpod.distill.dataset import DistillDataset, PackingCollator, PadCollator
+from kpod.distill.dropout import use_fast_lora_dropout
 from kpod.distill.loss import backbone, causal_lm_loss, seq2seq_loss
 from kpod.models import is_seq2seq
 
@@ -183,6 +184,8 @@ def build_trainer(model, tokenizer, dataset: DistillDataset, cfg: TrainConfig, o
         collator = PackingCollator(tokenizer.pad_token_id, cfg.packing_max_tokens)
     else:
         collator = PadCollator(tokenizer.pad_token_id)
+    if cfg.fast_lora_dropout:
+        use_fast_lora_dropout(model)
     if cfg.torch_compile:
         # The backbone, not the wrapper: the loss calls it directly (LM head only at supervised positions).
         # dynamic=True: batch widths vary from step to step, one graph serves them all.
