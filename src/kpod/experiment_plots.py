@@ -34,7 +34,7 @@ def plot_accuracy(exp, agg: dict, path: Path, label: Callable) -> Path | None:
         means = [s["mean"] if s else np.nan for s in stats]
         stds = [s["std"] if s else 0.0 for s in stats]
         ax.bar(x + (k - (len(methods) - 1) / 2) * width, means, width, yerr=stds, capsize=3, label=label(exp, m))
-    ax.set_xticks(x, columns)
+    ax.set_xticks(x, [c.replace(" (", "\n(") for c in columns])  # "asdiv (from gsm8k)" on two lines
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(bottom=0)
     ax.set_title(f"{exp.name}: mean ± std over seeds {exp.seeds}")
