@@ -113,7 +113,7 @@ class TrainConfig(Strict):
         "global_batch_size": None, "precision": "auto", "gradient_checkpointing": False, "packing": False,
         "packing_max_tokens": 1024, "torch_compile": False, "fast_lora_dropout": False,
     }
-    # The subset added after experiment cells were first fingerprinted (the whole run config: `run_fingerprint_dump`).
+    # The subset added after experiment cells were first fingerprinted (see `RunConfig.fingerprint_dump`).
     ADDED_AFTER_CELLS: ClassVar[tuple[str, ...]] = ("fast_lora_dropout",)
 
     def fingerprint_fields(self) -> dict:
