@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ from kpod.data.datasets import load_split  # noqa: E402
 from kpod.data.rationales import import_rationales  # noqa: E402
 from kpod.distill.dataset import DistillDataset  # noqa: E402
 from kpod.distill.examples import encode_examples  # noqa: E402
-from kpod.distill.trainer import build_trainer  # noqa: E402
+from kpod.distill.trainer import build_trainer, peak_rss_mb  # noqa: E402
 from kpod.evaluation.evaluate import git_commit, machine  # noqa: E402
 from kpod.models import add_lora, load_student  # noqa: E402
 from kpod.pipeline import Pipeline  # noqa: E402
@@ -43,7 +42,7 @@ from kpod.pipeline import Pipeline  # noqa: E402
 def peak_memory_mb() -> float:
     if torch.cuda.is_available():
         return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return peak_rss_mb()
 
 
 def train_throughput(student: str, mode: str, steps: int, batch_size: int, precision: str, work: Path) -> dict:

@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ from kpod.data.rationales import import_rationales  # noqa: E402
 from kpod.distill.dataset import DistillDataset, PadCollator  # noqa: E402
 from kpod.distill.examples import encode_examples  # noqa: E402
 from kpod.distill.loss import causal_lm_loss  # noqa: E402
-from kpod.distill.trainer import build_trainer  # noqa: E402
+from kpod.distill.trainer import build_trainer, peak_rss_mb  # noqa: E402
 from kpod.evaluation.evaluate import git_commit, machine  # noqa: E402
 from kpod.models import add_lora, load_student  # noqa: E402
 
@@ -145,7 +144,7 @@ def main() -> None:
     result = {
         "benchmark": "training throughput, default student, LoRA r16, batch 8, SVAMP GPT-3.5 examples",
         "machine": machine(), "commit": git_commit(), "load_average_at_end": os.getloadavg(),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
         "data": report, "steps_per_block": a.steps, "blocks": a.blocks, "seeds": list(range(a.blocks)),
         "same_loss_check": check, "variants": {v: VARIANTS[v] for v in a.variants}, "runs": runs,
         **{name: total(name) for name in runs},

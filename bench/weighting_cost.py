@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -27,7 +26,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from kpod.config import load_config  # noqa: E402
 from kpod.curriculum import stages as ks  # noqa: E402
 from kpod.distill.dataset import DistillDataset  # noqa: E402
-from kpod.distill.trainer import build_trainer  # noqa: E402
+from kpod.distill.trainer import build_trainer, peak_rss_mb  # noqa: E402
 from kpod.evaluation.evaluate import git_commit, machine  # noqa: E402
 from kpod.models import add_lora, load_student  # noqa: E402
 from kpod.pipeline import Pipeline  # noqa: E402
@@ -94,7 +93,7 @@ def main() -> None:
         "benchmark": "token weighting on the SVAMP GPT-3.5 training rationales vs one plain distillation epoch",
         "machine": machine(), "commit": git_commit(), "config": cfg.model_dump(mode="json", exclude={"run_dir"}),  # a temporary folder
         "examples": len(examples), "weighting": runs, "plain_epoch": plain,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
         "load_average_at_end": os.getloadavg(),
     }
     Path(a.out + ".json").write_text(json.dumps(result, indent=1))
