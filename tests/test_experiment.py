@@ -116,6 +116,10 @@ def test_tiny_grid_runs_reports_and_resumes(tmp_path, tiny_llama_dir, capsys):
     stats = out["aggregate"]["kpod_icl"]["svamp"]
     assert stats["mean"] == pytest.approx(statistics.mean(accs)) and stats["std"] == pytest.approx(statistics.stdev(accs))
     assert out["aggregate"]["zero_shot"]["svamp"]["n"] == 2
+    # The un-distilled student is evaluated once; the second seed reuses it.
+    zs = [json.loads((tmp_path / f"runs/tiny-grid/svamp-plain-s{s}/summary.json").read_text())["zero_shot"][0]
+          for s in (0, 1)]
+    assert "reused_from" not in zs[0] and "reused_from" in zs[1] and zs[0]["accuracy"] == zs[1]["accuracy"]
     md = (tmp_path / "results" / "tiny-grid.md").read_text()
     assert "| KPOD-ICL |" in md and "| no distillation (zero-shot CoT) |" in md and "4/4 cells finished" in md
     assert (tmp_path / "results" / "tiny-grid-accuracy.png").stat().st_size > 0

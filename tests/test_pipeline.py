@@ -140,3 +140,42 @@ def test_kpod_ablation_switches_reach_the_artefacts(tmp_path, tiny_llama_dir):
     assert json.loads((run / "curriculum" / "difficulty.json").read_text())["uniform_within_step"]
     schedule = json.loads((run / "curriculum" / "schedule.json").read_text())
     assert all(c == 0 for row in schedule["given_steps"] for c in row)  # w.o.-prog
+
+
+def test_seeds_share_one_zero_shot_evaluation(tmp_path, tiny_llama_dir):
+    """Zero-shot decoding is greedy: a second seed reuses the first one's evaluation, and it is what it would compute."""
+    cache = tmp_path / "zero-shot-cache"
+    path = _config(tmp_path, tiny_llama_dir, eval={"zero_shot": True})
+    run = lambda *extra: main(["run", str(path), "--no-progress", "--zero-shot-cache", str(cache), *extra])  # noqa: E731
+    assert run("--run-dir", str(tmp_path / "s0")) == 0
+    assert run("--run-dir", str(tmp_path / "s1"), "--set", "seed=1") == 0
+    s0, s1 = (json.loads((tmp_path / s / "summary.json").read_text()) for s in ("s0", "s1"))
+    assert "eval:zero-shot-test" in s0["timings_s"] and "eval:zero-shot-test" not in s1["timings_s"]
+    assert "reused_from" in s1["zero_shot"][0] and "reused_from" not in s0["zero_shot"][0]
+    assert "eval:plain-test" in s1["timings_s"]  # the trained student is always evaluated
+
+    # Without the cache, seed 1 computes the same predictions that it reused.
+    assert main(["run", str(path), "--no-progress", "--run-dir", str(tmp_path / "own"), "--set", "seed=1"]) == 0
+    preds = lambda run_dir: (run_dir / "eval" / "zero-shot-test" / "predictions.jsonl").read_text()  # noqa: E731
+    assert preds(tmp_path / "own") == preds(tmp_path / "s1") == preds(tmp_path / "s0")
+
+    # Other generation settings are another entry, computed afresh.
+    assert run("--run-dir", str(tmp_path / "short"), "--set", "eval.max_new_tokens=3") == 0
+    short = json.loads((tmp_path / "short" / "summary.json").read_text())
+    assert "eval:zero-shot-test" in short["timings_s"] and "reused_from" not in short["zero_shot"][0]
+    assert len(list(cache.iterdir())) == 2
+
+
+def test_a_finished_run_shares_its_zero_shot_evaluation(tmp_path, tiny_llama_dir):
+    from kpod.pipeline import Pipeline
+
+    path = _config(tmp_path, tiny_llama_dir, eval={"zero_shot": True})
+    assert main(["run", str(path), "--no-progress"]) == 0  # no cache: a run made before there was one
+    cfg, cache = load_config(path), tmp_path / "cache"
+    assert Pipeline(cfg, progress=False, zero_shot_cache=cache).share_finished_zero_shot() == 1
+    assert Pipeline(cfg, progress=False, zero_shot_cache=cache).share_finished_zero_shot() == 0  # already there
+    (entry,) = cache.iterdir()
+    assert (entry / "predictions.jsonl").read_text() == (tmp_path / "run/eval/zero-shot-test/predictions.jsonl").read_text()
+    # A run whose evaluation settings changed since shares nothing: its result is not what they would give.
+    changed = load_config(path, {"eval.max_new_tokens": 3})
+    assert Pipeline(changed, progress=False, zero_shot_cache=tmp_path / "other").share_finished_zero_shot() == 0

@@ -9,6 +9,8 @@ the seeds. Every cell's config is resolved and validated before anything runs, w
 `runs/EXPERIMENT/CELL/cell-config.yaml` and run in its own process (`runner: subprocess`, the default; a crash or a
 leak stays in its cell) or in this one (`runner: in_process`). A cell whose `experiment-cell.json` records the same
 config is finished and skipped, so re-running an experiment resumes it; inside a cell, `kpod run` resumes by stage.
+The un-distilled student's (zero-shot) evaluation is greedy, so it does not depend on the seed: the cells share
+it through `runs/EXPERIMENT/zero-shot-cache/`, and only the first cell to need one computes it.
 
 Results: `results/EXPERIMENT.json` (every cell's accuracies, train summary, config fingerprint, and mean/std per
 method and column), `results/EXPERIMENT.md` (one markdown table per `tables` entry: rows methods, columns the
@@ -127,6 +129,11 @@ class Cell:
     def marker(self) -> Path:
         return self.run_dir / "experiment-cell.json"
 
+    @property
+    def zero_shot_cache(self) -> Path:
+        """Shared by the experiment's cells: the un-distilled student is evaluated once per dataset, not per seed."""
+        return self.run_dir.parent / "zero-shot-cache"
+
     def fingerprint(self) -> str:
         blob = json.dumps(self.config.fingerprint_dump(), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -176,7 +183,8 @@ def run_cell(cell: Cell, runner: str, device: str, progress: bool = False) -> di
     t0 = time.time()
     status, error = "done", None
     if runner == "subprocess":
-        cmd = [sys.executable, "-m", "kpod.cli", "run", str(cell.config_path)] + ([] if progress else ["--no-progress"])
+        cmd = [sys.executable, "-m", "kpod.cli", "run", str(cell.config_path), "--zero-shot-cache", str(cell.zero_shot_cache)]
+        cmd += [] if progress else ["--no-progress"]
         env = dict(os.environ)
         if device == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""
@@ -189,7 +197,7 @@ def run_cell(cell: Cell, runner: str, device: str, progress: bool = False) -> di
         from kpod.pipeline import Pipeline
 
         try:
-            Pipeline(cell.config, progress=progress).run()
+            Pipeline(cell.config, progress=progress, zero_shot_cache=cell.zero_shot_cache).run()
         except Exception:  # one failed cell must not stop the grid
             status, error = "failed", traceback.format_exc(limit=4)
     record = {"cell": cell.name, "status": status, "fingerprint": cell.fingerprint(),
@@ -355,7 +363,13 @@ def run_experiment(path: str | Path, *, runs_root: str | Path = "runs", results_
     if dry_run:
         return {"experiment": exp.name, "cells": [{"cell": c.name, "done": c.is_done(), "selected": c in selected}
                                                   for c in cells]}
-    if not report_only:
+    if not report_only and todo:
+        from kpod.pipeline import Pipeline
+
+        shared = sum(Pipeline(c.config, progress=False, zero_shot_cache=c.zero_shot_cache).share_finished_zero_shot()
+                     for c in cells if c.is_done() and c.config.eval.zero_shot)
+        if shared:
+            log.info("%s: %d zero-shot evaluations of finished cells shared with the cells to run", exp.name, shared)
         for k, cell in enumerate(todo, 1):
             log.info("[%d/%d] %s: running", k, len(todo), cell.name)
             record = run_cell(cell, runner or exp.runner, device or exp.device, progress)

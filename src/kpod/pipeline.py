@@ -122,8 +122,11 @@ def collect_rationales(cfg: RunConfig) -> tuple[list[Question], list[Rationale],
 
 # ----------------------------------------------------------------------------- the pipeline
 class Pipeline:
-    def __init__(self, cfg: RunConfig, progress: bool = True):
+    def __init__(self, cfg: RunConfig, progress: bool = True, zero_shot_cache: str | Path | None = None):
+        """`zero_shot_cache`: a folder shared by runs (an experiment's seeds) where zero-shot evaluations are kept
+        by what decides them; greedy decoding makes them independent of the seed, so each is computed once."""
         self.cfg = cfg
+        self.zero_shot_cache = Path(zero_shot_cache) if zero_shot_cache else None
         self.paths = RunPaths(cfg.resolved_run_dir())
         self.paths.root.mkdir(parents=True, exist_ok=True)
         self.stages = StageLog(self.paths.stages)
@@ -181,28 +184,34 @@ class Pipeline:
         return [EncodedExample(**{**row, "step_spans": [tuple(s) for s in row["step_spans"]]})
                 for _, row in read_jsonl(self.paths.examples)]
 
-    def stage_eval(self, label: str, model, tokenizer, method: str) -> list[dict]:
+    def _eval_fingerprint(self, label: str) -> str:
         trained_with = self.cfg.train.fingerprint_fields() if label != "zero-shot" else None
         # (an empty eval.datasets leaves the fingerprint of runs made before that option unchanged)
         # (options left at defaults that predate them are left out, so older runs keep their cached results)
         eval_cfg = self.cfg.eval.model_dump(mode="json", exclude=({"datasets"} if not self.cfg.eval.datasets else set())
                                             | ({"engine"} if self.cfg.eval.engine == "hf" else set()))
-        fp = fingerprint(self.cfg.data, eval_cfg, self.cfg.student, trained_with, self.cfg.seed, label)
+        return fingerprint(self.cfg.data, eval_cfg, self.cfg.student, trained_with, self.cfg.seed, label)
+
+    def stage_eval(self, label: str, model, tokenizer, method: str) -> list[dict]:
+        fp = self._eval_fingerprint(label)
         results = []
-        own = self.cfg.data.dataset
         model = model.to(dist.device())  # each process generates for its shard of the questions on its device
-        for dataset, split in [(own, s) for s in self.cfg.eval.splits] + [
-                (d, s) for d in self.cfg.eval.datasets if d != own for s in self.cfg.eval.splits]:
-            name = f"{label}-{split}" if dataset == own else f"{label}-{dataset}-{split}"
+        for dataset, split, name, kind, questions in self._eval_targets(label):
             path = self.paths.eval_results(name)
+            shared = self._zero_shot_entry(kind, questions) if label == "zero-shot" else None
             if self.stages.is_done(f"eval:{name}", fp) and path.exists():
+                if shared is not None and not (shared / "results.json").exists():
+                    self._share_zero_shot(shared, name)  # a run from before the cache: its result serves the others
                 results.append(json.loads(path.read_text()))
                 continue
-            questions = (load_questions(self.cfg, split) if dataset == own
-                         else load_split(dataset, split, self.cfg.data.data_dir))[: self.cfg.eval.max_examples]
+            if shared is not None and (shared / "results.json").exists():
+                res = self._reuse_zero_shot(shared, name)
+                self.stages.mark(f"eval:{name}", fp)
+                results.append(res)
+                continue
             t0 = time.time()
             res = evaluate_questions(
-                model, tokenizer, questions, dataset=answer_kind(self.cfg) if dataset == own else dataset, split=split,
+                model, tokenizer, questions, dataset=kind, split=split,
                 out_dir=self.paths.eval_dir(name), method=method, model_name=self.cfg.student.name,
                 seed=self.cfg.seed, prompt_template=self.cfg.data.prompt_template,
                 batch_size=self.cfg.eval.batch_size, max_new_tokens=self.cfg.eval.max_new_tokens,
@@ -212,8 +221,62 @@ class Pipeline:
             self.peak_rss_mb[f"eval:{name}"] = peak_rss_mb()
             self.stages.mark(f"eval:{name}", fp)
             log.info("%s: accuracy %.2f %% (%d/%d)", name, res["accuracy"], res["correct"], res["n"])
+            if shared is not None:
+                self._share_zero_shot(shared, name)
             results.append(res)
         return results
+
+    def _eval_targets(self, label: str):
+        """(dataset, split, result name, answer kind, questions) of every evaluation after a run's training."""
+        own = self.cfg.data.dataset
+        for dataset, split in [(own, s) for s in self.cfg.eval.splits] + [
+                (d, s) for d in self.cfg.eval.datasets if d != own for s in self.cfg.eval.splits]:
+            name = f"{label}-{split}" if dataset == own else f"{label}-{dataset}-{split}"
+            questions = (load_questions(self.cfg, split) if dataset == own
+                         else load_split(dataset, split, self.cfg.data.data_dir))[: self.cfg.eval.max_examples]
+            yield dataset, split, name, answer_kind(self.cfg) if dataset == own else dataset, questions
+
+    def share_finished_zero_shot(self) -> int:
+        """Put this run's finished zero-shot evaluations into the shared cache (for runs made before it existed);
+        returns how many were added."""
+        added, fp = 0, self._eval_fingerprint("zero-shot")
+        for _, _, name, kind, questions in self._eval_targets("zero-shot") if self.cfg.eval.zero_shot else ():
+            shared = self._zero_shot_entry(kind, questions)
+            finished = self.stages.done.get(f"eval:{name}") == fp and self.paths.eval_results(name).exists()
+            if shared is not None and finished and not (shared / "results.json").exists():
+                self._share_zero_shot(shared, name)
+                added += 1
+        return added
+
+    def _zero_shot_entry(self, kind: str, questions: list[Question]) -> Path | None:
+        """The shared-cache folder of one zero-shot evaluation, named by everything that decides its outputs: the
+        student, the generation settings, the prompt and the questions (not the seed: decoding is greedy)."""
+        if self.zero_shot_cache is None:
+            return None
+        e = self.cfg.eval
+        key = fingerprint(self.cfg.student.name, e.batch_size, e.max_new_tokens, e.engine,
+                          self.cfg.data.prompt_template, kind, [q.to_json() for q in questions])
+        return self.zero_shot_cache / key
+
+    def _share_zero_shot(self, shared: Path, name: str) -> None:
+        if not dist.is_main():
+            return
+        shared.mkdir(parents=True, exist_ok=True)
+        for f in ("predictions.jsonl", "results.json"):  # results.json last: it marks the entry complete
+            tmp = shared / f"{f}.tmp"
+            tmp.write_bytes((self.paths.eval_dir(name) / f).read_bytes())
+            tmp.replace(shared / f)
+
+    def _reuse_zero_shot(self, shared: Path, name: str) -> dict:
+        res = json.loads((shared / "results.json").read_text())
+        res["reused_from"] = str(shared)
+        if dist.is_main():
+            out = self.paths.eval_dir(name)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "predictions.jsonl").write_bytes((shared / "predictions.jsonl").read_bytes())
+            (out / "results.json").write_text(json.dumps(res, indent=1))
+        log.info("%s: accuracy %.2f %% (%d/%d), reused from %s", name, res["accuracy"], res["correct"], res["n"], shared)
+        return res
 
     # ------------------------------------------------------------------ KPOD preparation
     def stage_weights(self, tokenizer, questions, examples) -> list[np.ndarray]:
