@@ -1,0 +1,112 @@
+"""What the students of an experiment write, per method and evaluated dataset (mean over seeds): equations per
+answer, the share of them that is arithmetically true, answers with every equation true, output length. Beside
+them, the same for the teacher rationales each student was trained on. Reads the cells' predictions only: no model
+is run. See kpod.evaluation.diagnostics for what counts as an equation.
+
+    python bench/output_diagnostics.py runs/ood-gsm8k-cpu --out results/ood-gsm8k-cpu-diagnostics
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from kpod.evaluation.diagnostics import check_equations, diagnose_file  # noqa: E402
+from kpod.evaluation.evaluate import git_commit, machine  # noqa: E402
+from kpod.experiment import ZERO_SHOT, column_of  # noqa: E402
+
+CELL = re.compile(r"^(?P<dataset>[^-]+)-(?P<method>.+)-s(?P<seed>\d+)$")
+SHOWN = ("correct", "equations_per_answer", "equations_true_pct", "answers_all_equations_true_pct",
+         "mean_output_chars")
+
+
+def teacher_rationales(cell: Path) -> dict | None:
+    """Equations in the rationales a cell trained on (data/rationales.jsonl of its run)."""
+    path = cell / "data" / "rationales.jsonl"
+    if not path.exists():
+        return None
+    texts = [json.loads(line)["rationale"] for line in path.read_text().splitlines() if line.strip()]
+    checks = [check_equations(t) for t in texts]
+    total = sum(n for _, n in checks)
+    return {"n": len(texts), "equations_per_answer": round(total / len(texts), 2),
+            "equations_true_pct": round(100.0 * sum(t for t, _ in checks) / total, 1) if total else None,
+            "answers_all_equations_true_pct": round(100.0 * sum(t == n for t, n in checks) / len(texts), 1),
+            "mean_output_chars": round(statistics.mean(len(t) for t in texts), 1)}
+
+
+def collect(runs: Path) -> tuple[list[dict], dict]:
+    rows, teacher = [], {}
+    for cell in sorted(p for p in runs.iterdir() if p.is_dir()):
+        m = CELL.match(cell.name)
+        if not m or not (cell / "summary.json").exists():
+            continue  # not a finished cell
+        if m["dataset"] not in teacher:
+            teacher[m["dataset"]] = teacher_rationales(cell)
+        for ev in sorted((cell / "eval").glob("*/predictions.jsonl")):
+            res = json.loads((ev.parent / "results.json").read_text())
+            method = ZERO_SHOT if ev.parent.name.startswith("zero-shot") else m["method"]
+            rows.append({"cell": cell.name, "method": method, "seed": int(m["seed"]),
+                         "column": column_of(res, m["dataset"]), **diagnose_file(ev)})
+    return rows, teacher
+
+
+def aggregate(rows: list[dict]) -> dict:
+    """{method: {column: {stat: mean over seeds}}}; the zero-shot row once per column (it is seed-independent)."""
+    groups: dict[tuple, dict[int, dict]] = defaultdict(dict)
+    for r in rows:
+        groups[(r["method"], r["column"])].setdefault(r["seed"], r)
+    out: dict = defaultdict(dict)
+    for (method, column), by_seed in groups.items():
+        runs = list(by_seed.values()) if method != ZERO_SHOT else list(by_seed.values())[:1]
+        stats = {k: round(statistics.mean(r[k] for r in runs if r[k] is not None), 2) for k in SHOWN}
+        out[method][column] = {**stats, "n": runs[0]["n"], "seeds": sorted(by_seed) if method != ZERO_SHOT else None}
+    return out
+
+
+def markdown(name: str, agg: dict, teacher: dict) -> str:
+    lines = [f"# {name}: what the students write", "",
+             "Mean over seeds. eq/ans: equations `a op b = c` per answer; true: share of them arithmetically right; "
+             "all true: answers with no wrong equation; chars: answer length. See kpod.evaluation.diagnostics.", "",
+             "| method | column | correct | eq/ans | true % | all true % | chars | seeds |", "|---|---|---|---|---|---|---|---|"]
+    for method, cols in agg.items():
+        for column, s in sorted(cols.items()):
+            lines.append(f"| {method} | {column} | {s['correct']:g}/{s['n']} | {s['equations_per_answer']:.2f} | "
+                         f"{s['equations_true_pct']:.1f} | {s['answers_all_equations_true_pct']:.1f} | "
+                         f"{s['mean_output_chars']:.0f} | {s['seeds'] or 'one run (greedy)'} |")
+    for dataset, t in teacher.items():
+        if t:
+            lines.append(f"| teacher rationales (training) | {dataset} | – | {t['equations_per_answer']:.2f} | "
+                         f"{t['equations_true_pct']:.1f} | {t['answers_all_equations_true_pct']:.1f} | "
+                         f"{t['mean_output_chars']:.0f} | {t['n']} rationales |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", type=Path, help="an experiment's runs folder (runs/EXPERIMENT)")
+    ap.add_argument("--out", required=True, help="output path without suffix (.json and .md are written)")
+    a = ap.parse_args()
+    if not a.runs.is_dir():
+        sys.exit(f"error: {a.runs} is not a folder")
+    rows, teacher = collect(a.runs)
+    if not rows:
+        sys.exit(f"error: no finished cell with predictions under {a.runs}")
+    agg = aggregate(rows)
+    out = {"experiment": a.runs.name, "machine": machine(), "commit": git_commit(), "aggregate": agg,
+           "teacher_rationales": teacher, "evaluations": rows}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out + ".json").write_text(json.dumps(out, indent=1))
+    Path(a.out + ".md").write_text(markdown(a.runs.name, agg, teacher))
+    print(Path(a.out + ".md").read_text())
+
+
+if __name__ == "__main__":
+    main()

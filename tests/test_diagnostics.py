@@ -1,0 +1,81 @@
+"""Output diagnostics: equations found and checked in answers, per-evaluation summaries, the bench table."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kpod.evaluation.diagnostics import chain_value, check_equations, diagnose_predictions
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("14 * 6 = 84. The answer is 84", (1, 1)),
+    ("14 * 6 = 80. 80 / 14 = 6.", (0, 2)),
+    ("2 + 3 * 4 = 14", (1, 1)),            # precedence
+    ("2 + 3 * 4 = 20", (0, 1)),
+    ("8 - 2 - 3 = 3 and 12 / 2 / 3 = 2", (2, 2)),  # left to right
+    ("$1,200 / 4 = $300", (1, 1)),         # separators and currency
+    ("5 x 3 = 15, 3 × 3 = 9", (2, 2)),
+    ("2 / 3 = 0.67", (1, 1)),              # rounding as rationales show it
+    ("7 / 0 = 1", (0, 1)),
+    ("10 -2 = 8; 2 * -3 = -6; 3 - -2 = 5", (3, 3)),
+    ("(3 + 4) * 2 = 14", (0, 0)),          # parentheses: not counted
+    ("He has 5 apples = 5", (0, 0)),       # no operation: not an equation
+    ("", (0, 0)),
+])
+def test_equations_are_found_and_checked(text, expected):
+    assert check_equations(text) == expected
+
+
+def test_chain_value():
+    assert chain_value("1 + 2 * 3 - 4 / 2") == pytest.approx(5.0)
+    assert chain_value("6 / 0") is None
+
+
+def test_diagnose_predictions_summarises_an_evaluation():
+    rows = [{"output": "2 + 2 = 4. The answer is 4", "correct": True, "extracted": "4"},
+            {"output": "3 * 3 = 6. 6 + 1 = 7. The answer is 7", "correct": False, "extracted": "7",
+             "looks_truncated": True},
+            {"output": "I do not know", "correct": False, "extracted": None}]
+    d = diagnose_predictions(rows)
+    assert (d["n"], d["correct"], d["no_answer"], d["looks_truncated"]) == (3, 1, 1, 1)
+    assert d["equations_per_answer"] == 1.0 and d["equations_true_pct"] == pytest.approx(66.7)
+    assert d["answers_all_equations_true_pct"] == pytest.approx(66.7)  # the answer with no equation counts as clean
+    with pytest.raises(ValueError):
+        diagnose_predictions([])
+
+
+def _cell(runs: Path, name: str, evals: dict[str, tuple[str, list[str]]], rationales: list[str]) -> None:
+    cell = runs / name
+    (cell / "data").mkdir(parents=True)
+    (cell / "summary.json").write_text("{}")
+    (cell / "data" / "rationales.jsonl").write_text("".join(json.dumps({"rationale": r}) + "\n" for r in rationales))
+    for ev, (dataset, outputs) in evals.items():
+        (cell / "eval" / ev).mkdir(parents=True)
+        (cell / "eval" / ev / "results.json").write_text(json.dumps({"dataset": dataset, "split": "test"}))
+        (cell / "eval" / ev / "predictions.jsonl").write_text("".join(
+            json.dumps({"output": o, "correct": False, "extracted": "1"}) + "\n" for o in outputs))
+
+
+def test_bench_tabulates_an_experiment(tmp_path):
+    runs = tmp_path / "runs" / "exp"
+    teacher = ["1 + 1 = 2. The answer is 2"]
+    _cell(runs, "gsm8k-plain-s0", {"plain-test": ("gsm8k", ["1 + 1 = 2", "1 + 1 = 3"]),
+                                   "zero-shot-asdiv-test": ("asdiv", ["2 * 2 = 4"])}, teacher)
+    _cell(runs, "gsm8k-plain-s1", {"plain-test": ("gsm8k", ["1 + 1 = 2", "1 + 1 = 2"])}, teacher)
+    (runs / "gsm8k-kpod-s0").mkdir()  # unfinished: no summary.json, left out
+    out = tmp_path / "diag"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "output_diagnostics.py"), str(runs), "--out", str(out)],
+                   check=True, capture_output=True)
+    res = json.loads(out.with_suffix(".json").read_text())
+    plain = res["aggregate"]["plain"]["gsm8k"]
+    assert plain["seeds"] == [0, 1] and plain["equations_true_pct"] == 75.0  # mean of 50 % and 100 %
+    assert res["aggregate"]["zero_shot"]["asdiv (from gsm8k)"]["equations_per_answer"] == 1.0
+    assert res["teacher_rationales"]["gsm8k"]["equations_true_pct"] == 100.0
+    assert "| plain | gsm8k |" in out.with_suffix(".md").read_text()
