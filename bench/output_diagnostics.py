@@ -1,7 +1,8 @@
 """What the students of an experiment write, per method and evaluated dataset (mean over seeds): equations per
 answer, the share of them that is arithmetically true, answers with every equation true, output length. Beside
-them, the same for the teacher rationales each student was trained on. Reads the cells' predictions only: no model
-is run. See kpod.evaluation.diagnostics for what counts as an equation.
+them, the same for the teacher rationales each student was trained on, and for cells with a progressive schedule
+the epochs in which a rationale's opening step is trained on (a plain run trains on it every epoch). Reads the
+cells' files only: no model is run. See kpod.evaluation.diagnostics for what counts as an equation.
 
     python bench/output_diagnostics.py runs/ood-gsm8k-cpu --out results/ood-gsm8k-cpu-diagnostics
 """
@@ -16,6 +17,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -25,7 +28,7 @@ from kpod.experiment import ZERO_SHOT, column_of  # noqa: E402
 
 CELL = re.compile(r"^(?P<dataset>[^-]+)-(?P<method>.+)-s(?P<seed>\d+)$")
 SHOWN = ("correct", "equations_per_answer", "equations_true_pct", "answers_all_equations_true_pct",
-         "mean_output_chars")
+         "mean_output_chars", "opening_step_epochs")
 
 
 def teacher_rationales(cell: Path) -> dict | None:
@@ -42,6 +45,20 @@ def teacher_rationales(cell: Path) -> dict | None:
             "mean_output_chars": round(statistics.mean(len(t) for t in texts), 1)}
 
 
+def opening_step_epochs(cell: Path) -> float | None:
+    """Epochs, averaged over examples, whose schedule stage gives no leading steps, so that the student is trained
+    to write the rationale from its first step: every epoch without a schedule; None for the curricula that choose
+    examples instead (kpod_acl, kpod_spl, kpod_icl)."""
+    schedule, config = cell / "curriculum" / "schedule.json", cell / "config.yaml"
+    if not config.exists():
+        return None
+    train = yaml.safe_load(config.read_text())["train"]
+    if schedule.exists():
+        given = json.loads(schedule.read_text())["given_steps"]  # (stages, examples)
+        return round(sum(train["epochs"] / len(given) * statistics.mean(g == 0 for g in stage) for stage in given), 2)
+    return None if train["method"] in ("kpod_acl", "kpod_spl", "kpod_icl") else float(train["epochs"])
+
+
 def collect(runs: Path) -> tuple[list[dict], dict]:
     rows, teacher = [], {}
     for cell in sorted(p for p in runs.iterdir() if p.is_dir()):
@@ -54,7 +71,8 @@ def collect(runs: Path) -> tuple[list[dict], dict]:
             res = json.loads((ev.parent / "results.json").read_text())
             method = ZERO_SHOT if ev.parent.name.startswith("zero-shot") else m["method"]
             rows.append({"cell": cell.name, "method": method, "seed": int(m["seed"]),
-                         "column": column_of(res, m["dataset"]), **diagnose_file(ev)})
+                         "column": column_of(res, m["dataset"]), **diagnose_file(ev),
+                         "opening_step_epochs": None if method == ZERO_SHOT else opening_step_epochs(cell)})
     return rows, teacher
 
 
@@ -66,7 +84,8 @@ def aggregate(rows: list[dict]) -> dict:
     out: dict = defaultdict(dict)
     for (method, column), by_seed in groups.items():
         runs = list(by_seed.values()) if method != ZERO_SHOT else list(by_seed.values())[:1]
-        stats = {k: round(statistics.mean(r[k] for r in runs if r[k] is not None), 2) for k in SHOWN}
+        stats = {k: round(statistics.mean(v), 2) if (v := [r[k] for r in runs if r[k] is not None]) else None
+                 for k in SHOWN}
         out[method][column] = {**stats, "n": runs[0]["n"], "seeds": sorted(by_seed) if method != ZERO_SHOT else None}
     return out
 
@@ -74,18 +93,23 @@ def aggregate(rows: list[dict]) -> dict:
 def markdown(name: str, agg: dict, teacher: dict) -> str:
     lines = [f"# {name}: what the students write", "",
              "Mean over seeds. eq/ans: equations `a op b = c` per answer; true: share of them arithmetically right; "
-             "all true: answers with no wrong equation; chars: answer length. See kpod.evaluation.diagnostics.", "",
-             "| method | column | correct | eq/ans | true % | all true % | chars | seeds |", "|---|---|---|---|---|---|---|---|"]
+             "all true: answers with no wrong equation; chars: answer length; opening-step epochs: epochs in which "
+             "the schedule trains the student to write a rationale from its first step (plain: every epoch). "
+             "See kpod.evaluation.diagnostics.", "",
+             "| method | column | correct | eq/ans | true % | all true % | chars | opening-step epochs | seeds |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    fmt = lambda v, spec: "–" if v is None else format(v, spec)  # noqa: E731
     for method, cols in agg.items():
         for column, s in sorted(cols.items()):
-            lines.append(f"| {method} | {column} | {s['correct']:g}/{s['n']} | {s['equations_per_answer']:.2f} | "
-                         f"{s['equations_true_pct']:.1f} | {s['answers_all_equations_true_pct']:.1f} | "
-                         f"{s['mean_output_chars']:.0f} | {s['seeds'] or 'one run (greedy)'} |")
+            lines.append(f"| {method} | {column} | {s['correct']:g}/{s['n']} | {fmt(s['equations_per_answer'], '.2f')} | "
+                         f"{fmt(s['equations_true_pct'], '.1f')} | {fmt(s['answers_all_equations_true_pct'], '.1f')} | "
+                         f"{fmt(s['mean_output_chars'], '.0f')} | {fmt(s['opening_step_epochs'], '.2f')} | "
+                         f"{s['seeds'] or 'one run (greedy)'} |")
     for dataset, t in teacher.items():
         if t:
             lines.append(f"| teacher rationales (training) | {dataset} | – | {t['equations_per_answer']:.2f} | "
-                         f"{t['equations_true_pct']:.1f} | {t['answers_all_equations_true_pct']:.1f} | "
-                         f"{t['mean_output_chars']:.0f} | {t['n']} rationales |")
+                         f"{fmt(t['equations_true_pct'], '.1f')} | {t['answers_all_equations_true_pct']:.1f} | "
+                         f"{t['mean_output_chars']:.0f} | – | {t['n']} rationales |")
     return "\n".join(lines) + "\n"
 
 

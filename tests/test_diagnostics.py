@@ -51,10 +51,15 @@ def test_diagnose_predictions_summarises_an_evaluation():
         diagnose_predictions([])
 
 
-def _cell(runs: Path, name: str, evals: dict[str, tuple[str, list[str]]], rationales: list[str]) -> None:
+def _cell(runs: Path, name: str, evals: dict[str, tuple[str, list[str]]], rationales: list[str],
+          method: str = "plain", given_steps: list | None = None) -> None:
     cell = runs / name
     (cell / "data").mkdir(parents=True)
     (cell / "summary.json").write_text("{}")
+    (cell / "config.yaml").write_text(json.dumps({"train": {"method": method, "epochs": 2}}))
+    if given_steps is not None:
+        (cell / "curriculum").mkdir()
+        (cell / "curriculum" / "schedule.json").write_text(json.dumps({"given_steps": given_steps}))
     (cell / "data" / "rationales.jsonl").write_text("".join(json.dumps({"rationale": r}) + "\n" for r in rationales))
     for ev, (dataset, outputs) in evals.items():
         (cell / "eval" / ev).mkdir(parents=True)
@@ -69,13 +74,17 @@ def test_bench_tabulates_an_experiment(tmp_path):
     _cell(runs, "gsm8k-plain-s0", {"plain-test": ("gsm8k", ["1 + 1 = 2", "1 + 1 = 3"]),
                                    "zero-shot-asdiv-test": ("asdiv", ["2 * 2 = 4"])}, teacher)
     _cell(runs, "gsm8k-plain-s1", {"plain-test": ("gsm8k", ["1 + 1 = 2", "1 + 1 = 2"])}, teacher)
-    (runs / "gsm8k-kpod-s0").mkdir()  # unfinished: no summary.json, left out
+    # Two stages of one epoch each: the first gives example 0 a leading step, so its opening is trained in 1 of 2.
+    _cell(runs, "gsm8k-kpod-s0", {"kpod-test": ("gsm8k", ["1"])}, teacher, "kpod", [[1, 0], [0, 0]])
+    (runs / "gsm8k-kpod-s1").mkdir()  # unfinished: no summary.json, left out
     out = tmp_path / "diag"
     subprocess.run([sys.executable, str(ROOT / "bench" / "output_diagnostics.py"), str(runs), "--out", str(out)],
                    check=True, capture_output=True)
     res = json.loads(out.with_suffix(".json").read_text())
     plain = res["aggregate"]["plain"]["gsm8k"]
     assert plain["seeds"] == [0, 1] and plain["equations_true_pct"] == 75.0  # mean of 50 % and 100 %
+    assert plain["opening_step_epochs"] == 2.0 and res["aggregate"]["kpod"]["gsm8k"]["opening_step_epochs"] == 1.5
+    assert res["aggregate"]["kpod"]["gsm8k"]["seeds"] == [0]
     assert res["aggregate"]["zero_shot"]["asdiv (from gsm8k)"]["equations_per_answer"] == 1.0
     assert res["teacher_rationales"]["gsm8k"]["equations_true_pct"] == 100.0
     assert "| plain | gsm8k |" in out.with_suffix(".md").read_text()
