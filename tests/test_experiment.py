@@ -4,6 +4,7 @@ and one cell in its own process."""
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 
 import pytest
@@ -103,7 +104,7 @@ def test_cells_get_their_overrides_and_bad_cells_fail_before_running(tmp_path):
         load_experiment(path)
 
 
-def test_tiny_grid_runs_reports_and_resumes(tmp_path, tiny_llama_dir, capsys):
+def test_tiny_grid_runs_reports_and_resumes(tmp_path, tiny_llama_dir, capsys, monkeypatch):
     path = _experiment(tmp_path, tiny_llama_dir, {"plain": {"overrides": {"eval.zero_shot": True}}, "kpod_icl": {}})
     args = ["experiment", str(path), "--runs-root", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"),
             "--no-progress"]
@@ -135,6 +136,18 @@ def test_tiny_grid_runs_reports_and_resumes(tmp_path, tiny_llama_dir, capsys):
     assert {p: p.stat().st_mtime_ns for p in markers} == markers
     assert main(args + ["--dry-run"]) == 0
     assert capsys.readouterr().out.count(" done") == 4
+
+    # Where the cells are stored is not part of them: the grid moved to another folder and reached through a
+    # relative runs root is finished too, and so is a cell whose marker recorded its run_dir (as markers did before).
+    (tmp_path / "moved").mkdir()
+    shutil.move(tmp_path / "runs", tmp_path / "moved" / "runs")
+    monkeypatch.chdir(tmp_path / "moved")
+    cells = plan_cells(load_experiment(path), path, runs_root="runs")
+    assert str(cells[0].run_dir) == "runs/tiny-grid/svamp-plain-s0" and all(c.is_done() for c in cells)
+    marker = json.loads(cells[0].marker.read_text())
+    for recorded, done in ((cells[0].fingerprint(str(tmp_path / "moved" / cells[0].run_dir)), True), ("0" * 16, False)):
+        cells[0].marker.write_text(json.dumps({**marker, "fingerprint": recorded}))
+        assert cells[0].is_done() == done
 
 
 def test_a_cell_runs_in_its_own_process(tmp_path, tiny_llama_dir):

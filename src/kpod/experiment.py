@@ -134,15 +134,28 @@ class Cell:
         """Shared by the experiment's cells: the un-distilled student is evaluated once per dataset, not per seed."""
         return self.run_dir.parent / "zero-shot-cache"
 
-    def fingerprint(self) -> str:
-        blob = json.dumps(self.config.fingerprint_dump(), sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    def fingerprint(self, run_dir: str | None = None) -> str:
+        """The cell's settings, without where it is stored, so that a grid run from another folder or with another
+        --runs-root finds its finished cells. (`run_dir`: put back in, as fingerprints before this recorded it.)"""
+        dump = self.config.fingerprint_dump()
+        if run_dir is None:
+            del dump["run_dir"]
+        else:
+            dump["run_dir"] = run_dir
+        return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _older_fingerprints(self) -> set[str]:
+        """Fingerprints of this cell as recorded with its run_dir: the folder as given, resolved, or the default."""
+        dirs = {str(self.run_dir), str(self.run_dir.resolve()), f"runs/{self.run_dir.parent.name}/{self.run_dir.name}"}
+        return {self.fingerprint(d) for d in dirs}
 
     def is_done(self) -> bool:
         if not (self.marker.exists() and (self.run_dir / "summary.json").exists()):
             return False
         marker = json.loads(self.marker.read_text())
-        return marker.get("status") == "done" and marker.get("fingerprint") == self.fingerprint()
+        recorded = marker.get("fingerprint")
+        return marker.get("status") == "done" and (recorded == self.fingerprint()
+                                                   or recorded in self._older_fingerprints())
 
 
 def cell_overrides(exp: ExperimentConfig, dataset: str, method: str, seed: int, run_dir: Path) -> dict:
