@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
+from pathlib import Path
 
 import pytest
 import yaml
@@ -22,6 +23,7 @@ from kpod.experiment import (
     markdown_table,
     mean_std,
     plan_cells,
+    shown_run_dir,
 )
 
 
@@ -57,6 +59,13 @@ def test_aggregate_and_tables():
     assert lines[6] == f"| KPOD (ours) | 24.00 ± {statistics.stdev([20, 23, 29]):.2f} | 25.33 |"
     assert lines[7] == "| SCOTT | 30.00 (n=1) | – |" and lines[8] == "| SCoTD | – | – |"
     assert format_cell(None, 3) == "–"
+
+
+def test_reports_name_cell_folders_without_the_machine_s_folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert shown_run_dir(tmp_path / "runs" / "exp" / "cell") == "runs/exp/cell"
+    assert shown_run_dir(Path("runs/exp/cell")) == "runs/exp/cell"
+    assert shown_run_dir(tmp_path.parent / "elsewhere" / "my-runs" / "exp" / "cell") == "my-runs/exp/cell"
 
 
 def test_columns_name_out_of_distribution_evaluations():

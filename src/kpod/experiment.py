@@ -232,10 +232,19 @@ def column_of(result: dict, train_dataset: str) -> str:
     return col if result["dataset"] == train_dataset else f"{col} (from {train_dataset})"
 
 
+def shown_run_dir(run_dir: Path) -> str:
+    """A cell's folder as reports name it: relative to the working folder, else RUNS_ROOT/EXPERIMENT/CELL (a report
+    that is shared names no folder of the machine it ran on)."""
+    try:
+        return str(run_dir.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(Path(*run_dir.parts[-3:]))
+
+
 def read_cell(cell: Cell) -> dict:
     """A cell's record: accuracies per column (trained and zero-shot), the train summary's key numbers."""
     rec: dict = {"cell": cell.name, "method": cell.method, "dataset": cell.dataset, "seed": cell.seed,
-                 "run_dir": str(cell.run_dir), "fingerprint": cell.fingerprint(), "done": cell.is_done()}
+                 "run_dir": shown_run_dir(cell.run_dir), "fingerprint": cell.fingerprint(), "done": cell.is_done()}
     if cell.marker.exists():
         marker = json.loads(cell.marker.read_text())
         rec.update(status=marker["status"], wall_s=marker.get("wall_s"), error=marker.get("error"))
