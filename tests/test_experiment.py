@@ -158,6 +158,23 @@ def test_tiny_grid_runs_reports_and_resumes(tmp_path, tiny_llama_dir, capsys, mo
         cells[0].marker.write_text(json.dumps({**marker, "fingerprint": recorded}))
         assert cells[0].is_done() == done
 
+    # The report is the durable record: with the run folders gone (a fresh clone), the finished cells are kept from
+    # results/tiny-grid.json, reported with the same numbers, and not run again.
+    shutil.rmtree(tmp_path / "moved" / "runs")
+    assert main(args + ["--dry-run"]) == 0
+    assert capsys.readouterr().out.count("done (kept from the report)") == 4
+    assert main(args) == 0
+    assert not (tmp_path / "runs").exists()
+    kept = json.loads((tmp_path / "results" / "tiny-grid.json").read_text())
+    assert kept["aggregate"] == out["aggregate"] and "4/4 cells finished" in (tmp_path / "results" / "tiny-grid.md").read_text()
+    # ... but only for the settings it was run with: a cell whose config changed, or whose entry did not finish, runs.
+    cells = plan_cells(load_experiment(path), path, runs_root="runs", results_dir=tmp_path / "results")
+    assert all(c.is_done() and c.done_in_report() for c in cells)
+    cells[0].config.train.lr = 5e-4
+    cells[1].reported = {**cells[1].reported, "done": False}
+    assert not cells[0].is_done() and not cells[1].is_done() and cells[2].is_done()
+    assert not plan_cells(load_experiment(path), path, runs_root="runs")[0].is_done()  # no results folder given
+
 
 def test_a_cell_runs_in_its_own_process(tmp_path, tiny_llama_dir):
     path = _experiment(tmp_path, tiny_llama_dir, {"plain": {}}, seeds=(3,), runner="subprocess")

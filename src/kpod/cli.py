@@ -166,7 +166,9 @@ def cmd_experiment(args) -> int:
                          progress=not args.no_progress)
     if args.dry_run:
         for c in out["cells"]:
-            print(f"{c['cell']:<40} {'done' if c['done'] else 'to run' if c['selected'] else 'not selected'}")
+            state = ("done (kept from the report)" if c["kept_from_report"] else "done" if c["done"]
+                     else "to run" if c["selected"] else "not selected")
+            print(f"{c['cell']:<40} {state}")
         return 0
     for text in out["tables"].values():
         print(text + "\n")

@@ -9,6 +9,9 @@ the seeds. Every cell's config is resolved and validated before anything runs, w
 `runs/EXPERIMENT/CELL/cell-config.yaml` and run in its own process (`runner: subprocess`, the default; a crash or a
 leak stays in its cell) or in this one (`runner: in_process`). A cell whose `experiment-cell.json` records the same
 config is finished and skipped, so re-running an experiment resumes it; inside a cell, `kpod run` resumes by stage.
+The report is the durable record: a cell whose run folder is gone (another machine, a fresh clone, `make clean`) but
+whose entry in `results/EXPERIMENT.json` is finished with the same config is kept from there, not run again. To run
+such a cell again, delete its entry from that JSON (or pass another --results-dir).
 The un-distilled student's (zero-shot) evaluation is greedy, so it does not depend on the seed: the cells share
 it through `runs/EXPERIMENT/zero-shot-cache/`, and only the first cell to need one computes it.
 
@@ -116,6 +119,7 @@ class Cell:
     seed: int
     run_dir: Path
     config: RunConfig
+    reported: dict | None = None  # this cell's entry in the experiment's last report, if any
 
     @property
     def name(self) -> str:
@@ -149,13 +153,22 @@ class Cell:
         dirs = {str(self.run_dir), str(self.run_dir.resolve()), f"runs/{self.run_dir.parent.name}/{self.run_dir.name}"}
         return {self.fingerprint(d) for d in dirs}
 
-    def is_done(self) -> bool:
+    def done_in_run_dir(self) -> bool:
         if not (self.marker.exists() and (self.run_dir / "summary.json").exists()):
             return False
         marker = json.loads(self.marker.read_text())
         recorded = marker.get("fingerprint")
         return marker.get("status") == "done" and (recorded == self.fingerprint()
                                                    or recorded in self._older_fingerprints())
+
+    def done_in_report(self) -> bool:
+        """Finished with these settings according to the last report, and its run folder holds no other attempt."""
+        rec = self.reported
+        return (rec is not None and rec.get("done") is True and rec.get("fingerprint") == self.fingerprint()
+                and "accuracy" in rec and not self.marker.exists())
+
+    def is_done(self) -> bool:
+        return self.done_in_run_dir() or self.done_in_report()
 
 
 def cell_overrides(exp: ExperimentConfig, dataset: str, method: str, seed: int, run_dir: Path) -> dict:
@@ -170,9 +183,26 @@ def cell_overrides(exp: ExperimentConfig, dataset: str, method: str, seed: int, 
     return out
 
 
-def plan_cells(exp: ExperimentConfig, exp_path: str | Path, runs_root: str | Path = "runs") -> list[Cell]:
-    """Every cell with its validated config (any invalid cell raises before anything runs)."""
+def reported_cells(exp: ExperimentConfig, results_dir: str | Path | None) -> dict[str, dict]:
+    """The cells of the experiment's last report in `results_dir` (none when there is no report yet)."""
+    if results_dir is None:
+        return {}
+    path = Path(results_dir) / f"{exp.name}.json"
+    if not path.exists():
+        return {}
+    try:
+        report = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: the experiment's report is not valid JSON ({e}); fix or remove it") from e
+    return {rec["cell"]: rec for rec in report.get("cells", []) if "cell" in rec}
+
+
+def plan_cells(exp: ExperimentConfig, exp_path: str | Path, runs_root: str | Path = "runs",
+               results_dir: str | Path | None = None) -> list[Cell]:
+    """Every cell with its validated config (any invalid cell raises before anything runs) and, given the results
+    folder, its entry in the last report."""
     base = Path(exp_path).parent / exp.base
+    reported = reported_cells(exp, results_dir)
     cells, errors = [], []
     for dataset in exp.datasets:
         for method in exp.methods:
@@ -183,7 +213,7 @@ def plan_cells(exp: ExperimentConfig, exp_path: str | Path, runs_root: str | Pat
                 except ConfigError as e:
                     errors.append(f"cell {run_dir.name}: {e}")
                     continue
-                cells.append(Cell(method, dataset, seed, run_dir, cfg))
+                cells.append(Cell(method, dataset, seed, run_dir, cfg, reported.get(run_dir.name)))
     if errors:
         raise ConfigError("\n".join(errors))
     return cells
@@ -243,8 +273,11 @@ def shown_run_dir(run_dir: Path) -> str:
 
 def read_cell(cell: Cell) -> dict:
     """A cell's record: accuracies per column (trained and zero-shot), the train summary's key numbers."""
+    if not cell.done_in_run_dir() and cell.done_in_report():
+        return {**cell.reported, "method": cell.method, "dataset": cell.dataset, "seed": cell.seed}
     rec: dict = {"cell": cell.name, "method": cell.method, "dataset": cell.dataset, "seed": cell.seed,
-                 "run_dir": shown_run_dir(cell.run_dir), "fingerprint": cell.fingerprint(), "done": cell.is_done()}
+                 "run_dir": shown_run_dir(cell.run_dir), "fingerprint": cell.fingerprint(),
+                 "done": cell.done_in_run_dir()}
     if cell.marker.exists():
         marker = json.loads(cell.marker.read_text())
         rec.update(status=marker["status"], wall_s=marker.get("wall_s"), error=marker.get("error"))
@@ -372,7 +405,7 @@ def run_experiment(path: str | Path, *, runs_root: str | Path = "runs", results_
     for m in methods or []:
         if m not in exp.methods:
             raise ConfigError(f"{path}: no method {m!r} in this experiment; it has {', '.join(exp.methods)}")
-    cells = plan_cells(exp, path, runs_root)
+    cells = plan_cells(exp, path, runs_root, results_dir)
     if (device or exp.device) == "cuda" and not dry_run and not report_only:
         import torch
 
@@ -383,13 +416,13 @@ def run_experiment(path: str | Path, *, runs_root: str | Path = "runs", results_
     log.info("%s: %d cells, %d selected, %d to run", exp.name, len(cells), len(selected), len(todo))
     ran: list[dict] = []
     if dry_run:
-        return {"experiment": exp.name, "cells": [{"cell": c.name, "done": c.is_done(), "selected": c in selected}
-                                                  for c in cells]}
+        return {"experiment": exp.name, "cells": [{"cell": c.name, "done": c.is_done(), "selected": c in selected,
+                                                   "kept_from_report": c.done_in_report()} for c in cells]}
     if not report_only and todo:
         from kpod.pipeline import Pipeline
 
         shared = sum(Pipeline(c.config, progress=False, zero_shot_cache=c.zero_shot_cache).share_finished_zero_shot()
-                     for c in cells if c.is_done() and c.config.eval.zero_shot)
+                     for c in cells if c.done_in_run_dir() and c.config.eval.zero_shot)
         if shared:
             log.info("%s: %d zero-shot evaluations of finished cells shared with the cells to run", exp.name, shared)
         for k, cell in enumerate(todo, 1):
