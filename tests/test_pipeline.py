@@ -179,3 +179,39 @@ def test_a_finished_run_shares_its_zero_shot_evaluation(tmp_path, tiny_llama_dir
     # A run whose evaluation settings changed since shares nothing: its result is not what they would give.
     changed = load_config(path, {"eval.max_new_tokens": 3})
     assert Pipeline(changed, progress=False, zero_shot_cache=tmp_path / "other").share_finished_zero_shot() == 0
+
+
+def test_kpod_variants_of_one_seed_share_weights_and_difficulty(tmp_path, tiny_llama_dir):
+    """A stage cache hands a run the token weights and step difficulties that another run with the same inputs
+    computed; a run whose inputs differ (seed, difficulty weighting) computes its own."""
+    path = _config(tmp_path, tiny_llama_dir, train={"method": "kpod", "epochs": 2}, eval={"max_examples": 1})
+    cfg = yaml.safe_load(path.read_text())
+    cfg["kpod"] = {"weighting": {"max_steps": 3, "batch_size": 4, "hidden_size": 16, "mlp_hidden_size": 16},
+                   "clusters": 2}
+    path.write_text(yaml.safe_dump(cfg))
+    cache = tmp_path / "stage-cache"
+
+    def run(name, *sets):
+        args = ["run", str(path), "--no-progress", "--stage-cache", str(cache), "--run-dir", str(tmp_path / name)]
+        assert main(args + [x for s in sets for x in ("--set", s)]) == 0
+        return json.loads((tmp_path / name / "summary.json").read_text())
+
+    def artefacts(name):
+        difficulty = json.loads((tmp_path / name / "curriculum" / "difficulty.json").read_text())
+        del difficulty["wall_s"]
+        return (tmp_path / name / "weighting" / "weights.jsonl").read_text(), difficulty
+
+    first = run("kpod")
+    assert "reused_stages" not in first and {"weigh", "difficulty"} <= set(first["timings_s"])
+    wo_div = run("wo-div", "kpod.beta=0")
+    assert set(wo_div["reused_stages"]) == {"weigh", "difficulty"}
+    assert artefacts("wo-div") == artefacts("kpod")
+    other_seed = run("seed1", "seed=1")
+    assert "reused_stages" not in other_seed
+    plain_difficulty = run("wo-sig-dif", "kpod.weighted_difficulty=false")
+    assert set(plain_difficulty["reused_stages"]) == {"weigh"}
+    assert artefacts("wo-sig-dif")[1] != artefacts("kpod")[1]
+
+    # What was reused is what the run computes on its own.
+    assert main(["run", str(path), "--no-progress", "--run-dir", str(tmp_path / "own"), "--set", "kpod.beta=0"]) == 0
+    assert artefacts("own") == artefacts("kpod")

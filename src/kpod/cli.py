@@ -40,7 +40,8 @@ def cmd_run(args) -> int:
     if args.run_dir:
         overrides["run_dir"] = args.run_dir
     cfg = load_config(args.config, overrides)
-    summary = Pipeline(cfg, progress=not args.no_progress, zero_shot_cache=args.zero_shot_cache).run()
+    summary = Pipeline(cfg, progress=not args.no_progress, zero_shot_cache=args.zero_shot_cache,
+                       stage_cache=args.stage_cache).run()
     print(json.dumps({k: v for k, v in summary.items() if k not in ("zero_shot", "results")}, indent=1))
     for key in ("zero_shot", "results"):
         for r in summary.get(key, []):
@@ -239,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--zero-shot-cache", metavar="DIR",
                    help="folder shared by runs that differ only in training (e.g. seeds): each zero-shot evaluation "
                         "is computed once and reused (it is greedy, so the seed does not change it)")
+    r.add_argument("--stage-cache", metavar="DIR",
+                   help="folder shared by runs with the same data, student and seed (e.g. KPOD variants): token "
+                        "weights and step difficulties are computed once and copied")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(fn=cmd_run)
 

@@ -13,7 +13,8 @@ The report is the durable record: a cell whose run folder is gone (another machi
 whose entry in `results/EXPERIMENT.json` is finished with the same config is kept from there, not run again. To run
 such a cell again, delete its entry from that JSON (or pass another --results-dir).
 The un-distilled student's (zero-shot) evaluation is greedy, so it does not depend on the seed: the cells share
-it through `runs/EXPERIMENT/zero-shot-cache/`, and only the first cell to need one computes it.
+it through `runs/EXPERIMENT/zero-shot-cache/`, and only the first cell to need one computes it. Likewise the KPOD
+variants of one seed share their token weights and step difficulties through `runs/EXPERIMENT/stage-cache/`.
 
 Results: `results/EXPERIMENT.json` (every cell's accuracies, train summary, config fingerprint, and mean/std per
 method and column), `results/EXPERIMENT.md` (one markdown table per `tables` entry: rows methods, columns the
@@ -138,6 +139,11 @@ class Cell:
         """Shared by the experiment's cells: the un-distilled student is evaluated once per dataset, not per seed."""
         return self.run_dir.parent / "zero-shot-cache"
 
+    @property
+    def stage_cache(self) -> Path:
+        """Shared by the experiment's cells: token weights and step difficulties, kept by their fingerprint."""
+        return self.run_dir.parent / "stage-cache"
+
     def fingerprint(self, run_dir: str | None = None) -> str:
         """The cell's settings, without where it is stored, so that a grid run from another folder or with another
         --runs-root finds its finished cells. (`run_dir`: put back in, as fingerprints before this recorded it.)"""
@@ -226,7 +232,8 @@ def run_cell(cell: Cell, runner: str, device: str, progress: bool = False) -> di
     t0 = time.time()
     status, error = "done", None
     if runner == "subprocess":
-        cmd = [sys.executable, "-m", "kpod.cli", "run", str(cell.config_path), "--zero-shot-cache", str(cell.zero_shot_cache)]
+        cmd = [sys.executable, "-m", "kpod.cli", "run", str(cell.config_path), "--zero-shot-cache", str(cell.zero_shot_cache),
+               "--stage-cache", str(cell.stage_cache)]
         cmd += [] if progress else ["--no-progress"]
         env = dict(os.environ)
         if device == "cpu":
@@ -240,7 +247,8 @@ def run_cell(cell: Cell, runner: str, device: str, progress: bool = False) -> di
         from kpod.pipeline import Pipeline
 
         try:
-            Pipeline(cell.config, progress=progress, zero_shot_cache=cell.zero_shot_cache).run()
+            Pipeline(cell.config, progress=progress, zero_shot_cache=cell.zero_shot_cache,
+                     stage_cache=cell.stage_cache).run()
         except Exception:  # one failed cell must not stop the grid
             status, error = "failed", traceback.format_exc(limit=4)
     record = {"cell": cell.name, "status": status, "fingerprint": cell.fingerprint(),
