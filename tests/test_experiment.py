@@ -132,6 +132,8 @@ def test_tiny_grid_runs_reports_and_resumes(tmp_path, tiny_llama_dir, capsys, mo
     assert "reused_from" not in zs[0] and "reused_from" in zs[1] and zs[0]["accuracy"] == zs[1]["accuracy"]
     md = (tmp_path / "results" / "tiny-grid.md").read_text()
     assert "| KPOD-ICL |" in md and "| no distillation (zero-shot CoT) |" in md and "4/4 cells finished" in md
+    steps = out["cells"][0]["train"]["global_steps"]
+    assert f"| plain CoT distillation | 2 | {steps} |" in md.split("### Cost per cell")[1]  # the budgets, per method
     assert (tmp_path / "results" / "tiny-grid-accuracy.png").stat().st_size > 0
     assert (tmp_path / "results" / "tiny-grid-loss.png").stat().st_size > 0
     assert "| plain CoT distillation |" in capsys.readouterr().out

@@ -371,6 +371,26 @@ def markdown_table(exp: ExperimentConfig, spec: TableSpec, agg: dict) -> str:
     return "\n".join(lines)
 
 
+def cost_table(exp: ExperimentConfig, records: list[dict]) -> str:
+    """What each method's finished cells cost, mean over them: optimiser steps, training and whole-cell wall time
+    (a fair comparison states its budgets; times include whatever else ran on the machine meanwhile)."""
+    lines = ["### Cost per cell (mean over finished cells)", "",
+             "| method | cells | train steps | train s | cell s |", "|---|---|---|---|---|"]
+    for method in exp.methods:
+        done = [r for r in records if r["method"] == method and r.get("done")]
+        if not done:
+            continue
+
+        def mean_of(values):
+            values = [v for v in values if v is not None]
+            return f"{np.mean(values):.0f}" if values else "–"
+
+        train = [r.get("train") or {} for r in done]
+        lines.append(f"| {row_label(exp, method)} | {len(done)} | {mean_of(t.get('global_steps') for t in train)} | "
+                     f"{mean_of(t.get('train_wall_s') for t in train)} | {mean_of(r.get('wall_s') for r in done)} |")
+    return "\n".join(lines)
+
+
 def write_report(exp: ExperimentConfig, records: list[dict], results_dir: str | Path) -> dict:
     """results/NAME.json and .md, and the plots (when matplotlib is installed); returns the JSON content."""
     results_dir = Path(results_dir)
@@ -384,6 +404,7 @@ def write_report(exp: ExperimentConfig, records: list[dict], results_dir: str | 
           f"seeds. {done}/{len(records)} cells finished.", ""]
     for text in tables.values():
         md += [text, ""]
+    md += [cost_table(exp, records), ""]
     failed = [r for r in records if r.get("status") == "failed"]
     if failed:
         md += ["Failed cells: " + ", ".join(r["cell"] for r in failed), ""]
