@@ -281,7 +281,7 @@ def shown_run_dir(run_dir: Path) -> str:
 
 def read_cell(cell: Cell) -> dict:
     """A cell's record: accuracies per column (trained and zero-shot), the train summary's key numbers."""
-    if not cell.done_in_run_dir() and cell.done_in_report():
+    if cell.done_in_report():  # its run folder is gone: the report's entry is the record
         return {**cell.reported, "method": cell.method, "dataset": cell.dataset, "seed": cell.seed}
     rec: dict = {"cell": cell.name, "method": cell.method, "dataset": cell.dataset, "seed": cell.seed,
                  "run_dir": shown_run_dir(cell.run_dir), "fingerprint": cell.fingerprint(),
@@ -371,6 +371,12 @@ def markdown_table(exp: ExperimentConfig, spec: TableSpec, agg: dict) -> str:
     return "\n".join(lines)
 
 
+def mean_of(values) -> str:
+    """The mean of the known values, rounded for a table ("–" when none is known)."""
+    mean, _ = mean_std([v for v in values if v is not None])
+    return "–" if mean is None else f"{mean:.0f}"
+
+
 def cost_table(exp: ExperimentConfig, records: list[dict]) -> str:
     """What each method's finished cells cost, mean over them: optimiser steps, training and whole-cell wall time
     (a fair comparison states its budgets; times include whatever else ran on the machine meanwhile)."""
@@ -380,11 +386,6 @@ def cost_table(exp: ExperimentConfig, records: list[dict]) -> str:
         done = [r for r in records if r["method"] == method and r.get("done")]
         if not done:
             continue
-
-        def mean_of(values):
-            values = [v for v in values if v is not None]
-            return f"{np.mean(values):.0f}" if values else "–"
-
         train = [r.get("train") or {} for r in done]
         lines.append(f"| {row_label(exp, method)} | {len(done)} | {mean_of(t.get('global_steps') for t in train)} | "
                      f"{mean_of(t.get('train_wall_s') for t in train)} | {mean_of(r.get('wall_s') for r in done)} |")

@@ -311,8 +311,8 @@ class Pipeline:
             ks.run_weighting(tokenizer, examples, questions, predictor, cfg.kpod, self.paths.weighting_dir,
                              self.progress)
 
-        self.cached("weigh", self._weigh_fingerprint(), work, output=self.paths.weighting_dir,
-                    shared_key=self._weigh_fingerprint())
+        fp = self._weigh_fingerprint()  # the weights depend on nothing else: it is also their shared-cache key
+        self.cached("weigh", fp, work, output=self.paths.weighting_dir, shared_key=fp)
         return ks.load_weights(self.paths.token_weights, examples)
 
     def _weigh_fingerprint(self) -> str:
