@@ -4,6 +4,7 @@ and one cell in its own process."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import statistics
 from pathlib import Path
@@ -18,6 +19,8 @@ from kpod.experiment import (
     TableSpec,
     aggregate,
     column_of,
+    comparison_table,
+    comparisons,
     format_cell,
     load_experiment,
     markdown_table,
@@ -59,6 +62,39 @@ def test_aggregate_and_tables():
     assert lines[6] == f"| KPOD (ours) | 24.00 ± {statistics.stdev([20, 23, 29]):.2f} | 25.33 |"
     assert lines[7] == "| SCOTT | 30.00 (n=1) | – |" and lines[8] == "| SCoTD | – | – |"
     assert format_cell(None, 3) == "–"
+
+
+def _counted(method, seed, correct, n=150, zero=None):
+    rec = {"method": method, "seed": seed, "dataset": "svamp", "done": True,
+           "accuracy": {"svamp": {"accuracy": 100 * correct / n, "correct": correct, "n": n}}}
+    if zero is not None:
+        rec["zero_shot_accuracy"] = {"svamp": {"accuracy": 100 * zero / n, "correct": zero, "n": n}}
+    return rec
+
+
+def test_kpod_is_compared_with_each_method_by_an_interval_over_the_test_questions():
+    exp = ExperimentConfig(name="t", base="b.yaml", seeds=[0, 1, 2], datasets={"svamp": {}},
+                           methods={"plain": {}, "kpod": {}, "scott": {}, "scotd": {}})
+    records = [_counted("kpod", s, c) for s, c in ((0, 60), (1, 66), (2, 63))]           # pooled 42 %
+    records += [_counted("plain", 0, 15, zero=3), _counted("plain", 1, 21, zero=3)]    # 12 %; zero-shot 2 %
+    records += [_counted("scott", 0, 66), _counted("scott", 1, 60)]                   # 42 %
+    records.append({**_counted("scotd", 0, 150), "done": False})                      # unfinished: ignored
+    rows = {r["method"]: r for r in comparisons(exp, records)}
+    assert set(rows) == {"zero_shot", "plain", "scott"}
+    plain = rows["plain"]
+    se = math.sqrt(0.42 * 0.58 / 150 + 0.12 * 0.88 / 150)  # 150 questions, however many seeds answered them
+    assert plain["difference"] == pytest.approx(30.0)
+    assert (plain["low"], plain["high"]) == pytest.approx((30 - 196 * se, 30 + 196 * se))
+    assert plain["verdict"] == "higher" and (plain["seeds_ahead"], plain["seeds_shared"]) == (2, 2)
+    assert rows["zero_shot"]["difference"] == pytest.approx(40.0)
+    assert rows["zero_shot"]["seeds_shared"] == 3  # the greedy zero-shot evaluation stands for every seed
+    scott = rows["scott"]
+    assert scott["difference"] == pytest.approx(0.0) and scott["verdict"] == "no clear difference"
+    assert (scott["seeds_ahead"], scott["seeds_shared"]) == (1, 2)  # seed 0: 60 < 66, seed 1: 66 > 60
+    table = comparison_table(exp, comparisons(exp, records)).splitlines()
+    assert table[0] == "### KPOD against each method"
+    assert "| svamp | plain CoT distillation | +30.00 |" in table[5]
+    assert comparisons(exp.model_copy(update={"compare_with": None}), records) == []
 
 
 def test_reports_name_cell_folders_without_the_machine_s_folders(tmp_path, monkeypatch):

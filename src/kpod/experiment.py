@@ -18,7 +18,8 @@ variants of one seed share their token weights and step difficulties through `ru
 
 Results: `results/EXPERIMENT.json` (every cell's accuracies, train summary, config fingerprint, and mean/std per
 method and column), `results/EXPERIMENT.md` (one markdown table per `tables` entry: rows methods, columns the
-datasets evaluated, cells "mean ± std" over seeds), `results/EXPERIMENT-accuracy.png` (bars with error bars) and
+datasets evaluated, cells "mean ± std" over seeds; then KPOD against each method with a 95 % interval, and what each
+method's cells cost), `results/EXPERIMENT-accuracy.png` (bars with error bars) and
 `results/EXPERIMENT-loss.png` (training loss curves, mean over seeds). Layout of the experiment file:
 
     name: svamp-paper
@@ -39,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -85,6 +87,7 @@ class ExperimentConfig(Strict):
     tables: list[TableSpec] = Field([], description="tables to write; default one with every method")
     runner: Literal["subprocess", "in_process"] = Field("subprocess", description="a process per cell, or all in this one")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="cpu: hide GPUs from subprocess cells; cuda: refuse to start without a GPU; auto: a GPU if torch sees one")
+    compare_with: str | None = Field("kpod", description="the method the report compares every other against (difference, 95 % interval, seeds won); null: no comparison")
 
 
 def load_experiment(path: str | Path) -> ExperimentConfig:
@@ -392,6 +395,74 @@ def cost_table(exp: ExperimentConfig, records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def pooled_accuracy(records: list[dict], method: str, column: str) -> tuple[float | None, int, dict[int, float]]:
+    """A method's accuracy pooled over its finished seeds in one column (a fraction), the number of test questions,
+    and its accuracy per seed (the un-distilled student's: one greedy evaluation, repeated in the cells that share it)."""
+    correct = total = questions = 0
+    by_seed: dict[int, float] = {}
+    for rec in records:
+        if method == ZERO_SHOT:
+            r = (rec.get("zero_shot_accuracy") or {}).get(column)
+        else:
+            r = (rec.get("accuracy") or {}).get(column) if rec["method"] == method and rec.get("done") else None
+        if not r or "correct" not in r:
+            continue
+        by_seed[rec["seed"]] = r["accuracy"]
+        correct, total, questions = correct + r["correct"], total + r["n"], max(questions, r["n"])
+    return (correct / total if total else None), questions, by_seed
+
+
+def difference_interval(p_a: float, n_a: int, p_b: float, n_b: int, z: float = 1.96) -> tuple[float, float, float]:
+    """A's accuracy minus B's, in points, with a normal-approximation 95 % interval for two binomial proportions.
+    n is the number of distinct test questions: every seed answers the same ones, so seeds do not count as more
+    questions (the interval stays wide enough when they agree); the spread between training runs comes on top."""
+    se = math.sqrt(p_a * (1 - p_a) / n_a + p_b * (1 - p_b) / n_b)
+    diff = p_a - p_b
+    return 100 * diff, 100 * (diff - z * se), 100 * (diff + z * se)
+
+
+def comparisons(exp: ExperimentConfig, records: list[dict]) -> list[dict]:
+    """Whether `compare_with` (KPOD) beats each other method, per column: the difference of pooled accuracies with its
+    interval, a verdict only where the interval excludes 0, and in how many of the seeds both finished it was ahead."""
+    ref = exp.compare_with
+    if not ref or ref not in exp.methods:
+        return []
+    out = []
+    for col in table_columns(exp, aggregate(records), [ref]):
+        p_ref, n_ref, seeds_ref = pooled_accuracy(records, ref, col)
+        for method in [ZERO_SHOT] + [m for m in exp.methods if m != ref]:
+            p, n, seeds = pooled_accuracy(records, method, col)
+            if p is None or p_ref is None:
+                continue
+            diff, lo, hi = difference_interval(p_ref, n_ref, p, n)
+            if method == ZERO_SHOT:  # one evaluation, the same for every seed
+                seeds = {s: next(iter(seeds.values())) for s in seeds_ref}
+            shared = sorted(set(seeds_ref) & set(seeds))
+            out.append({"column": col, "method": method, "against": ref, "difference": diff, "low": lo, "high": hi,
+                        "verdict": "higher" if lo > 0 else "lower" if hi < 0 else "no clear difference",
+                        "seeds_ahead": sum(seeds_ref[s] > seeds[s] for s in shared), "seeds_shared": len(shared),
+                        "questions": n_ref})
+    return out
+
+
+def comparison_table(exp: ExperimentConfig, rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    label = row_label(exp, exp.compare_with)
+    lines = [f"### {label} against each method", "",
+             f"| column | method | {label} − method (points) | 95 % interval | verdict | seeds {label} ahead |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['column']} | {row_label(exp, r['method'])} | {r['difference']:+.2f} | "
+              f"[{r['low']:+.2f}, {r['high']:+.2f}] | {r['verdict']} | {r['seeds_ahead']}/{r['seeds_shared']} |"
+              for r in rows]
+    lines += ["", f"Difference of accuracies pooled over each method's finished seeds. 95 % interval: normal "
+                  f"approximation for two proportions over the test questions (the seeds answer the same questions, "
+                  f"so they are not counted as more); it covers test-sampling noise, not the spread between training "
+                  f"runs. A verdict needs the interval to exclude 0. Seeds ahead: seeds both finished where {label} "
+                  f"scored higher (ties count as not)."]
+    return "\n".join(lines)
+
+
 def write_report(exp: ExperimentConfig, records: list[dict], results_dir: str | Path) -> dict:
     """results/NAME.json and .md, and the plots (when matplotlib is installed); returns the JSON content."""
     results_dir = Path(results_dir)
@@ -405,12 +476,16 @@ def write_report(exp: ExperimentConfig, records: list[dict], results_dir: str | 
           f"seeds. {done}/{len(records)} cells finished.", ""]
     for text in tables.values():
         md += [text, ""]
+    compared = comparisons(exp, records)
+    if compared:
+        md += [comparison_table(exp, compared), ""]
     md += [cost_table(exp, records), ""]
     failed = [r for r in records if r.get("status") == "failed"]
     if failed:
         md += ["Failed cells: " + ", ".join(r["cell"] for r in failed), ""]
     out = {"experiment": exp.name, "written": time.strftime("%Y-%m-%d %H:%M:%S"),
-           "config": exp.model_dump(mode="json"), "cells": records, "aggregate": agg, "tables": tables}
+           "config": exp.model_dump(mode="json"), "cells": records, "aggregate": agg, "tables": tables,
+           "comparison": compared}
     (results_dir / f"{exp.name}.json").write_text(json.dumps(out, indent=1, default=str))
     (results_dir / f"{exp.name}.md").write_text("\n".join(md))
     try:
