@@ -21,12 +21,14 @@ from kpod.experiment import (
     column_of,
     comparison_table,
     comparisons,
+    difference_interval,
     format_cell,
     load_experiment,
     markdown_table,
     mean_std,
     plan_cells,
     shown_run_dir,
+    wilson_interval,
 )
 
 
@@ -64,6 +66,14 @@ def test_aggregate_and_tables():
     assert format_cell(None, 3) == "–"
 
 
+def test_score_intervals_match_published_examples():
+    # Newcombe (1998), Statistics in Medicine 17: 56/70 against 48/80, method 10: 0.0524 to 0.3339
+    diff, low, high = difference_interval(56 / 70, 70, 48 / 80, 80)
+    assert diff == pytest.approx(20.0) and (low, high) == pytest.approx((5.24, 33.39), abs=0.01)
+    # Wilson interval of 0/10 stays at 0 and above (a normal interval would be [0, 0])
+    assert wilson_interval(0.0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+
+
 def _counted(method, seed, correct, n=150, zero=None):
     rec = {"method": method, "seed": seed, "dataset": "svamp", "done": True,
            "accuracy": {"svamp": {"accuracy": 100 * correct / n, "correct": correct, "n": n}}}
@@ -82,9 +92,11 @@ def test_kpod_is_compared_with_each_method_by_an_interval_over_the_test_question
     rows = {r["method"]: r for r in comparisons(exp, records)}
     assert set(rows) == {"zero_shot", "plain", "scott"}
     plain = rows["plain"]
-    se = math.sqrt(0.42 * 0.58 / 150 + 0.12 * 0.88 / 150)  # 150 questions, however many seeds answered them
+    lo_kpod, hi_kpod = wilson_interval(0.42, 150)  # 150 questions, however many seeds answered them
+    lo_plain, hi_plain = wilson_interval(0.12, 150)
     assert plain["difference"] == pytest.approx(30.0)
-    assert (plain["low"], plain["high"]) == pytest.approx((30 - 196 * se, 30 + 196 * se))
+    assert plain["low"] == pytest.approx(100 * (0.30 - math.hypot(0.42 - lo_kpod, hi_plain - 0.12)))
+    assert plain["high"] == pytest.approx(100 * (0.30 + math.hypot(hi_kpod - 0.42, 0.12 - lo_plain)))
     assert plain["verdict"] == "higher" and (plain["seeds_ahead"], plain["seeds_shared"]) == (2, 2)
     assert rows["zero_shot"]["difference"] == pytest.approx(40.0)
     assert rows["zero_shot"]["seeds_shared"] == 3  # the greedy zero-shot evaluation stands for every seed

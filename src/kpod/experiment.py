@@ -412,13 +412,24 @@ def pooled_accuracy(records: list[dict], method: str, column: str) -> tuple[floa
     return (correct / total if total else None), questions, by_seed
 
 
+def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion p over n trials (stays inside [0, 1], sound near 0)."""
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
 def difference_interval(p_a: float, n_a: int, p_b: float, n_b: int, z: float = 1.96) -> tuple[float, float, float]:
-    """A's accuracy minus B's, in points, with a normal-approximation 95 % interval for two binomial proportions.
+    """A's accuracy minus B's, in points, with Newcombe's hybrid score interval (his method 10: Wilson intervals of
+    each proportion combined), which keeps its coverage at accuracies near 0 where the plain normal one does not.
     n is the number of distinct test questions: every seed answers the same ones, so seeds do not count as more
     questions (the interval stays wide enough when they agree); the spread between training runs comes on top."""
-    se = math.sqrt(p_a * (1 - p_a) / n_a + p_b * (1 - p_b) / n_b)
+    lo_a, hi_a = wilson_interval(p_a, n_a, z)
+    lo_b, hi_b = wilson_interval(p_b, n_b, z)
     diff = p_a - p_b
-    return 100 * diff, 100 * (diff - z * se), 100 * (diff + z * se)
+    low = diff - math.sqrt((p_a - lo_a) ** 2 + (hi_b - p_b) ** 2)
+    high = diff + math.sqrt((hi_a - p_a) ** 2 + (p_b - lo_b) ** 2)
+    return 100 * diff, 100 * low, 100 * high
 
 
 def comparisons(exp: ExperimentConfig, records: list[dict]) -> list[dict]:
@@ -455,8 +466,8 @@ def comparison_table(exp: ExperimentConfig, rows: list[dict]) -> str:
     lines += [f"| {r['column']} | {row_label(exp, r['method'])} | {r['difference']:+.2f} | "
               f"[{r['low']:+.2f}, {r['high']:+.2f}] | {r['verdict']} | {r['seeds_ahead']}/{r['seeds_shared']} |"
               for r in rows]
-    lines += ["", f"Difference of accuracies pooled over each method's finished seeds. 95 % interval: normal "
-                  f"approximation for two proportions over the test questions (the seeds answer the same questions, "
+    lines += ["", f"Difference of accuracies pooled over each method's finished seeds. 95 % interval: Newcombe's "
+                  f"score interval for two proportions over the test questions (the seeds answer the same questions, "
                   f"so they are not counted as more); it covers test-sampling noise, not the spread between training "
                   f"runs. A verdict needs the interval to exclude 0. Seeds ahead: seeds both finished where {label} "
                   f"scored higher (ties count as not)."]
