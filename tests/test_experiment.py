@@ -89,7 +89,7 @@ def test_kpod_is_compared_with_each_method_by_an_interval_over_the_test_question
     records += [_counted("plain", 0, 15, zero=3), _counted("plain", 1, 21, zero=3)]    # 12 %; zero-shot 2 %
     records += [_counted("scott", 0, 66), _counted("scott", 1, 60)]                   # 42 %
     records.append({**_counted("scotd", 0, 150), "done": False})                      # unfinished: ignored
-    rows = {r["method"]: r for r in comparisons(exp, records)}
+    rows = {r["method"]: r for r in comparisons(exp, records, aggregate(records))}
     assert set(rows) == {"zero_shot", "plain", "scott"}
     plain = rows["plain"]
     lo_kpod, hi_kpod = wilson_interval(0.42, 150)  # 150 questions, however many seeds answered them
@@ -103,10 +103,10 @@ def test_kpod_is_compared_with_each_method_by_an_interval_over_the_test_question
     scott = rows["scott"]
     assert scott["difference"] == pytest.approx(0.0) and scott["verdict"] == "no clear difference"
     assert (scott["seeds_ahead"], scott["seeds_shared"]) == (1, 2)  # seed 0: 60 < 66, seed 1: 66 > 60
-    table = comparison_table(exp, comparisons(exp, records)).splitlines()
+    table = comparison_table(exp, comparisons(exp, records, aggregate(records))).splitlines()
     assert table[0] == "### KPOD against each method"
     assert "| svamp | plain CoT distillation | +30.00 |" in table[5]
-    assert comparisons(exp.model_copy(update={"compare_with": None}), records) == []
+    assert comparisons(exp.model_copy(update={"compare_with": None}), records, aggregate(records)) == []
 
 
 def test_reports_name_cell_folders_without_the_machine_s_folders(tmp_path, monkeypatch):

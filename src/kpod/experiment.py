@@ -395,21 +395,18 @@ def cost_table(exp: ExperimentConfig, records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def pooled_accuracy(records: list[dict], method: str, column: str) -> tuple[float | None, int, dict[int, float]]:
-    """A method's accuracy pooled over its finished seeds in one column (a fraction), the number of test questions,
-    and its accuracy per seed (the un-distilled student's: one greedy evaluation, repeated in the cells that share it)."""
+def pooled_accuracy(records: list[dict], method: str, column: str) -> tuple[float | None, int]:
+    """A method's accuracy pooled over its finished seeds in one column (a fraction; None without any), and the
+    number of test questions (the un-distilled student's: one greedy evaluation, repeated in the cells sharing it)."""
     correct = total = questions = 0
-    by_seed: dict[int, float] = {}
     for rec in records:
         if method == ZERO_SHOT:
             r = (rec.get("zero_shot_accuracy") or {}).get(column)
         else:
             r = (rec.get("accuracy") or {}).get(column) if rec["method"] == method and rec.get("done") else None
-        if not r or "correct" not in r:
-            continue
-        by_seed[rec["seed"]] = r["accuracy"]
-        correct, total, questions = correct + r["correct"], total + r["n"], max(questions, r["n"])
-    return (correct / total if total else None), questions, by_seed
+        if r and "correct" in r:
+            correct, total, questions = correct + r["correct"], total + r["n"], max(questions, r["n"])
+    return (correct / total if total else None), questions
 
 
 def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -432,20 +429,28 @@ def difference_interval(p_a: float, n_a: int, p_b: float, n_b: int, z: float = 1
     return 100 * diff, 100 * low, 100 * high
 
 
-def comparisons(exp: ExperimentConfig, records: list[dict]) -> list[dict]:
+def seed_accuracies(agg: dict, method: str, column: str) -> dict[int, float]:
+    stats = agg.get(method, {}).get(column)
+    return dict(zip(stats["seeds"], stats["values"])) if stats else {}
+
+
+def comparisons(exp: ExperimentConfig, records: list[dict], agg: dict) -> list[dict]:
     """Whether `compare_with` (KPOD) beats each other method, per column: the difference of pooled accuracies with its
-    interval, a verdict only where the interval excludes 0, and in how many of the seeds both finished it was ahead."""
+    interval, a verdict only where the interval excludes 0, and in how many of the seeds both finished it was ahead
+    (per-seed accuracies from `agg`, the records' `aggregate`)."""
     ref = exp.compare_with
     if not ref or ref not in exp.methods:
         return []
     out = []
-    for col in table_columns(exp, aggregate(records), [ref]):
-        p_ref, n_ref, seeds_ref = pooled_accuracy(records, ref, col)
+    for col in table_columns(exp, agg, [ref]):
+        p_ref, n_ref = pooled_accuracy(records, ref, col)
+        seeds_ref = seed_accuracies(agg, ref, col)
         for method in [ZERO_SHOT] + [m for m in exp.methods if m != ref]:
-            p, n, seeds = pooled_accuracy(records, method, col)
+            p, n = pooled_accuracy(records, method, col)
             if p is None or p_ref is None:
                 continue
             diff, lo, hi = difference_interval(p_ref, n_ref, p, n)
+            seeds = seed_accuracies(agg, method, col)
             if method == ZERO_SHOT:  # one evaluation, the same for every seed
                 seeds = {s: next(iter(seeds.values())) for s in seeds_ref}
             shared = sorted(set(seeds_ref) & set(seeds))
@@ -487,7 +492,7 @@ def write_report(exp: ExperimentConfig, records: list[dict], results_dir: str | 
           f"seeds. {done}/{len(records)} cells finished.", ""]
     for text in tables.values():
         md += [text, ""]
-    compared = comparisons(exp, records)
+    compared = comparisons(exp, records, agg)
     if compared:
         md += [comparison_table(exp, compared), ""]
     md += [cost_table(exp, records), ""]
