@@ -117,6 +117,37 @@ def test_pair_sampler_keeps_pairs_together_every_epoch():
     assert list(sampler) == orders[0]  # seeded per epoch: a resumed epoch sees the same order
 
 
+def test_pair_sampler_groups_pairs_of_similar_length():
+    """Length grouping keeps every pair of one question together and the same indices, and cuts the padding that
+    random pairs cost (a batch is padded to its longest rationale)."""
+    rng = np.random.default_rng(0)
+    qids = [f"q{i // 2}" for i in range(400)]  # 200 questions with 2 rationales each
+    lengths = [int(n) for n in rng.integers(40, 400, size=100).repeat(4)]  # both rationales of a question alike
+    plain = QuestionPairSampler(qids, seed=1)
+    grouped = QuestionPairSampler(qids, seed=1, lengths=lengths, pairs_per_batch=4)
+
+    def padded_tokens(order):
+        batches = [order[k:k + 8] for k in range(0, len(order), 8)]
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+    for epoch in range(2):
+        plain.set_epoch(epoch), grouped.set_epoch(epoch)
+        order = list(grouped)
+        assert sorted(order) == sorted(plain) == list(range(400))
+        assert all(qids[order[k]] == qids[order[k + 1]] for k in range(0, len(order), 2))
+        assert padded_tokens(order) < 0.8 * padded_tokens(list(plain))
+    grouped.set_epoch(0)
+    first = list(grouped)
+    grouped.set_epoch(1)
+    assert list(grouped) != first
+    grouped.set_epoch(0)
+    assert list(grouped) == first  # seeded per epoch
+    with pytest.raises(ValueError, match="together"):
+        QuestionPairSampler(qids, lengths=lengths)
+    with pytest.raises(ValueError, match="lengths for"):
+        QuestionPairSampler(qids, lengths=lengths[:-1], pairs_per_batch=4)
+
+
 # ----------------------------------------------------------------------------- data preparation
 def test_counterfactual_text_swaps_the_answer_by_value():
     text = "He had 1,000 apples and gave 12. So he kept 1000 - 12 = 988. Finally 988."
@@ -206,9 +237,9 @@ def test_single_rationale_data_is_refused(multi_examples, smol_tokenizer, tmp_pa
 
 
 # ----------------------------------------------------------------------------- trainers on a tiny student
-def _train(trainer_cls, examples, tok, out, **kwargs):
+def _train(trainer_cls, examples, tok, out, group_by_length=False, **kwargs):
     cfg = TrainConfig(epochs=1, batch_size=4, lr=3e-3, warmup_steps=0, save_steps=2, logging_steps=1,
-                      group_by_length=False)
+                      group_by_length=group_by_length)
     model = build_tiny_model("llama", tok, seed=0)
     before = [p.detach().clone() for p in model.parameters()]
     trainer = build_trainer(model, tok, DistillDataset(examples), cfg, out, seed=0, trainer_cls=trainer_cls, **kwargs)
@@ -234,6 +265,37 @@ def test_mcc_kd_trainer_batches_pairs_and_adds_consistency(multi_examples, smol_
     logged = [h for h in trainer.state.log_history if "loss" in h]
     assert all(h["pairs_per_batch"] == 2 and h["loss_consistency"] > 0 for h in logged)
     assert all(h["loss"] == pytest.approx(h["loss_ce"] + h["loss_consistency"], rel=1e-3) for h in logged)
+
+
+@pytest.mark.parametrize("group_pairs_by_length", [True, False])
+def test_mcc_kd_trainer_groups_pairs_by_length_only_when_asked(group_pairs_by_length, multi_examples, smol_tokenizer,
+                                                               tmp_path):
+    trainer, summary, _ = _train(MccKdTrainer, multi_examples, smol_tokenizer, tmp_path, group_by_length=True,
+                                 consistency_weight=1.0, group_pairs_by_length=group_pairs_by_length)
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, QuestionPairSampler)
+    assert (sampler.lengths is not None) == group_pairs_by_length
+    assert sampler.pairs_per_batch == (2 if group_pairs_by_length else None)  # batch 4 = 2 pairs
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert summary["global_steps"] == 4 and all(h["pairs_per_batch"] == 2 for h in logged)
+
+
+def test_mcc_kd_pair_grouping_leaves_earlier_cells_and_other_methods_fingerprints_alone():
+    """group_pairs_by_length came after experiment cells were fingerprinted: off (the old behaviour) it is left out
+    of an mcc_kd cell's fingerprint, and it is left out of every other method's (they never read it)."""
+    def dump(method, grouped):
+        return RunConfig.model_validate({"train": {"method": method, "batch_size": 8},
+                                         "data": {"rationales_per_question": None},
+                                         "baselines": {"mcc_kd": {"group_pairs_by_length": grouped}}}).fingerprint_dump()
+
+    assert "group_pairs_by_length" not in dump("mcc_kd", False)["baselines"]["mcc_kd"]
+    assert dump("mcc_kd", True)["baselines"]["mcc_kd"]["group_pairs_by_length"] is True
+    assert dump("plain", True) == dump("plain", False)
+    assert "group_pairs_by_length" not in dump("kpod", True)["baselines"]["mcc_kd"]
+    settings = get_method("mcc_kd").settings
+    assert "group_pairs_by_length" not in settings(RunConfig.model_validate(
+        {"baselines": {"mcc_kd": {"group_pairs_by_length": False}}}))  # the training stage's cache is kept too
+    assert settings(RunConfig())["group_pairs_by_length"] is True
 
 
 # ----------------------------------------------------------------------------- kpod run

@@ -20,6 +20,33 @@ from kpod.weighting.config import WeightingConfig
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
+    # Options added after runs were cached, each with the value that reproduces how kpod behaved before it existed.
+    # Stage fingerprints leave an option out while it has that value, so earlier runs keep their cached stages.
+    ADDED_LATER: ClassVar[dict[str, object]] = {}
+    # The subset added after experiment cells were first fingerprinted (see `RunConfig.fingerprint_dump`).
+    ADDED_AFTER_CELLS: ClassVar[tuple[str, ...]] = ()
+    # The training methods that read these settings, where only some do (an option no method of a cell reads
+    # cannot change its result, whatever its value).
+    READ_ONLY_BY: ClassVar[tuple[str, ...]] = ()
+
+    def fingerprint_fields(self) -> dict:
+        """The settings as JSON for a stage fingerprint, without the later options at their old-behaviour values."""
+        old = {k for k, v in self.ADDED_LATER.items() if getattr(self, k) == v}
+        return self.model_dump(mode="json", exclude=old)
+
+    def without_options_added_after_cells(self, dump: dict, method: str) -> dict:
+        """`dump` (this model's JSON dump) without the options in ADDED_AFTER_CELLS, here and in nested settings,
+        while they have their old-behaviour values or belong to settings that the cell's `method` does not read."""
+        unread = bool(self.READ_ONLY_BY) and method not in self.READ_ONLY_BY
+        for key in self.ADDED_AFTER_CELLS:
+            if unread or getattr(self, key) == self.ADDED_LATER[key]:
+                del dump[key]
+        for key in type(self).model_fields:
+            value = getattr(self, key)
+            if isinstance(value, Strict) and key in dump:
+                value.without_options_added_after_cells(dump[key], method)
+        return dump
+
 
 class DataConfig(Strict):
     dataset: str = Field("svamp", description="gsm8k, asdiv, svamp, csqa, or 'custom' with train_file/test_file")
@@ -107,19 +134,12 @@ class TrainConfig(Strict):
                               f"{self.batch_size} x {world_size} processes = {per_step}; change one of them")
         return self.global_batch_size // per_step
 
-    # Options added after runs were cached, each with the value that reproduces how kpod trained before it existed.
-    # Stage fingerprints leave an option out while it has that value, so earlier runs keep their cached stages.
+    # Options added later (see `Strict.ADDED_LATER`), with the values that reproduce how kpod trained before them.
     ADDED_LATER: ClassVar[dict[str, object]] = {
         "global_batch_size": None, "precision": "auto", "gradient_checkpointing": False, "packing": False,
         "packing_max_tokens": 1024, "torch_compile": False, "fast_lora_dropout": False,
     }
-    # The subset added after experiment cells were first fingerprinted (see `RunConfig.fingerprint_dump`).
     ADDED_AFTER_CELLS: ClassVar[tuple[str, ...]] = ("fast_lora_dropout",)
-
-    def fingerprint_fields(self) -> dict:
-        """The settings as JSON for a stage fingerprint, without the later options at their old-behaviour values."""
-        old = {k for k, v in self.ADDED_LATER.items() if getattr(self, k) == v}
-        return self.model_dump(mode="json", exclude=old)
 
 
 class EvalConfig(Strict):
@@ -172,6 +192,11 @@ class MccKdSettings(Strict):
 
     consistency_weight: float = Field(0.1, ge=0, description="L = L_CE + weight * divergence between the answer-token distributions of paired rationales; 0 = SCoTD-like")
     divergence: Literal["bidirectional_kl", "js"] = Field("bidirectional_kl", description="KL(p||q) + KL(q||p) (MCC-KD) or Jensen-Shannon")
+    group_pairs_by_length: bool = Field(True, description="with train.group_by_length, batch pairs of rationales of similar length (less padding); false = pairs in random order, as before this option existed")
+
+    ADDED_LATER: ClassVar[dict[str, object]] = {"group_pairs_by_length": False}
+    ADDED_AFTER_CELLS: ClassVar[tuple[str, ...]] = ("group_pairs_by_length",)
+    READ_ONLY_BY: ClassVar[tuple[str, ...]] = ("mcc_kd",)
 
 
 class BaselineSettings(Strict):
@@ -230,13 +255,9 @@ class RunConfig(Strict):
         return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
 
     def fingerprint_dump(self) -> dict:
-        """The whole config as JSON for an experiment cell's fingerprint, without the train options added after
+        """The whole config as JSON for an experiment cell's fingerprint, without the options added after
         cells were first fingerprinted while they have their old-behaviour values (finished cells stay finished)."""
-        dump = self.model_dump(mode="json")
-        for key in TrainConfig.ADDED_AFTER_CELLS:
-            if getattr(self.train, key) == TrainConfig.ADDED_LATER[key]:
-                del dump["train"][key]
-        return dump
+        return self.without_options_added_after_cells(self.model_dump(mode="json"), self.train.method)
 
 
 class ConfigError(ValueError):

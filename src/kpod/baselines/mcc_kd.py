@@ -7,8 +7,9 @@ For each pair (a, b) of rationales of the same question in a batch, p_a and p_b 
 distributions at the answer-sentence positions ("Therefore, the answer is 32." and the end token), aligned from the
 end of the target; D is KL(p_a||p_b) + KL(p_b||p_a) (MCC-KD) or Jensen-Shannon, averaged over positions and pairs.
 `QuestionPairSampler` puts two rationales of one question next to each other, so with an even batch size every
-batch consists of such pairs. MCC-KD also chose diverse rationales by n-gram overlap; here every kept rationale is
-used (the releases have 2-3 per question). See docs/methods.md.
+batch consists of such pairs, of similar length (baselines.mcc_kd.group_pairs_by_length). MCC-KD also chose
+diverse rationales by n-gram overlap; here every kept rationale is used (the releases have 2-3 per question).
+See docs/methods.md.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Sampler
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from kpod.baselines.common import SupervisedTokens, TermLoggingTrainer, supervised_tokens, token_nll, weighted_mean
 from kpod.baselines.registry import MethodContext, MethodSpec, TrainingSetup
@@ -94,15 +96,27 @@ class QuestionPairSampler(Sampler[int]):
     A question with m >= 2 rationales gives floor(m/2) pairs, an odd one out is paired with another rationale of the
     same question; questions with one rationale are paired with each other (no consistency term for them). The
     length is the same every epoch, and with an even batch size no pair is split between batches.
+
+    With `lengths` (tokens per example) and `pairs_per_batch`, the pairs are length-grouped as transformers'
+    `LengthGroupedSampler` groups examples: shuffled, then sorted by their longer rationale within mega-batches, so
+    that a batch holds pairs of similar length. Random pairs pad every batch to its longest rationale; on the SVAMP
+    releases that wasted about half of each batch.
     """
 
-    def __init__(self, question_ids: list[str], seed: int = 0):
+    def __init__(self, question_ids: list[str], seed: int = 0, lengths: list[int] | None = None,
+                 pairs_per_batch: int | None = None):
+        if (lengths is None) != (pairs_per_batch is None):
+            raise ValueError("give lengths and pairs_per_batch together (length grouping) or neither")
+        if lengths is not None and len(lengths) != len(question_ids):
+            raise ValueError(f"{len(lengths)} lengths for {len(question_ids)} examples")
         groups: dict[str, list[int]] = defaultdict(list)
         for i, q in enumerate(question_ids):
             groups[q].append(i)
         self.groups = list(groups.values())
         self.seed = seed
         self.epoch = 0
+        self.lengths = lengths
+        self.pairs_per_batch = pairs_per_batch
         singles = sum(len(g) == 1 for g in self.groups)
         self.length = sum(len(g) + len(g) % 2 for g in self.groups if len(g) > 1) + singles + singles % 2
 
@@ -127,7 +141,12 @@ class QuestionPairSampler(Sampler[int]):
         if len(singles) % 2:
             singles.append(singles[int(rng.integers(0, len(singles)))])
         units += [(singles[k], singles[k + 1]) for k in range(0, len(singles), 2)]
-        return [units[int(k)] for k in rng.permutation(len(units))]
+        if self.lengths is None:
+            return [units[int(k)] for k in rng.permutation(len(units))]
+        # get_length_grouped_indices draws its own shuffle; its generator is seeded from the same (seed, epoch).
+        generator = torch.Generator().manual_seed(int(rng.integers(0, 2**31 - 1)))
+        unit_lengths = [max(self.lengths[a], self.lengths[b]) for a, b in units]
+        return [units[k] for k in get_length_grouped_indices(unit_lengths, self.pairs_per_batch, generator=generator)]
 
     def __iter__(self):
         for a, b in self.units():
@@ -136,7 +155,8 @@ class QuestionPairSampler(Sampler[int]):
 
 
 class MccKdTrainer(TermLoggingTrainer):
-    def __init__(self, *args, consistency_weight: float, divergence: str = "bidirectional_kl", **kwargs):
+    def __init__(self, *args, consistency_weight: float, divergence: str = "bidirectional_kl",
+                 group_pairs_by_length: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         if self.args.per_device_train_batch_size % 2:
             raise ValueError("mcc_kd batches pairs of rationales: the batch size must be even")
@@ -148,10 +168,16 @@ class MccKdTrainer(TermLoggingTrainer):
         self.answer_start = np.array([e.answer_start for e in examples])
         self.consistency_weight = consistency_weight
         self.divergence = divergence
+        self.group_pairs_by_length = group_pairs_by_length
 
     def _get_train_sampler(self, train_dataset=None):
         ds = train_dataset if train_dataset is not None else self.train_dataset
-        return QuestionPairSampler([e.question_id for e in ds.examples], seed=self.args.seed)
+        question_ids = [e.question_id for e in ds.examples]
+        if self.group_pairs_by_length and self.args.train_sampling_strategy == "group_by_length":
+            # pairs per optimizer step on this process, as DistillTrainer groups single examples
+            pairs = self.args.train_batch_size * self.args.gradient_accumulation_steps // 2
+            return QuestionPairSampler(question_ids, seed=self.args.seed, lengths=ds.lengths, pairs_per_batch=pairs)
+        return QuestionPairSampler(question_ids, seed=self.args.seed)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self.count_tokens(inputs)
@@ -174,8 +200,9 @@ def setup(ctx: MethodContext) -> TrainingSetup:
     report = {"examples": len(ctx.examples), "questions_by_rationale_count": dict(sorted(counts.items())),
               "same_question_pairs_per_epoch": sum(count * ((n + 1) // 2) for n, count in counts.items() if n > 1)}
     return TrainingSetup(ctx.examples, MccKdTrainer, report=report,
-                         trainer_kwargs={"consistency_weight": s.consistency_weight, "divergence": s.divergence})
+                         trainer_kwargs={"consistency_weight": s.consistency_weight, "divergence": s.divergence,
+                                         "group_pairs_by_length": s.group_pairs_by_length})
 
 
-METHOD = MethodSpec("mcc_kd", "MCC-KD", setup, settings=lambda cfg: cfg.baselines.mcc_kd,
+METHOD = MethodSpec("mcc_kd", "MCC-KD", setup, settings=lambda cfg: cfg.baselines.mcc_kd.fingerprint_fields(),
                     source="Chen et al. 2023, MCC-KD: Multi-CoT Consistent Knowledge Distillation (Findings of EMNLP)")
