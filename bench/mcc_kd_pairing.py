@@ -3,10 +3,11 @@ false`, how kpod trained MCC-KD first) or length-grouped (the default). This mea
 
 1. Padding: over whole epochs of the SVAMP GPT-3.5 training rationales (every rationale of each question, as MCC-KD
    trains), the share of each batch of 8 that is padding, for both orders. Cheap: no model runs.
-2. Speed (with --steps N > 0): MccKdTrainer on the default student (LoRA r16 as configs/default.yaml, batch 8),
-   N optimizer steps per block, blocks alternating between the two orders so that machine noise hits both alike.
+2. Speed (with --batches N > 0): forward and backward of MccKdTrainer's loss on the default student (LoRA r16 as
+   configs/default.yaml, batch 8) for N batches spread evenly over an epoch of each order, alternating between the
+   orders batch by batch so that machine noise hits both alike; the epoch time is estimated from them.
 
-    python bench/mcc_kd_pairing.py --steps 10 --blocks 2    # writes results/mcc_kd_pairing.{json,md}
+    python bench/mcc_kd_pairing.py --batches 12    # writes results/mcc_kd_pairing.{json,md}
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,26 +52,53 @@ def padding_share(sampler: QuestionPairSampler, lengths: list[int], epochs: int)
     return {"real_tokens": real, "padded_tokens": padded, "padding_share": round(1 - real / padded, 4)}
 
 
-def time_block(ds, tok, grouped: bool, steps: int, seed: int, out_dir: Path) -> dict:
-    torch.manual_seed(seed)
-    model, _ = load_student("smollm2-135m-instruct")
-    model = add_lora(model, 16, 32, 0.05, TARGETS)
-    cfg = TrainConfig(epochs=1, batch_size=BATCH, lr=2e-4, warmup_steps=0, save_steps=10_000, logging_steps=10_000)
-    trainer = build_trainer(model, tok, ds, cfg, out_dir, seed, trainer_cls=MccKdTrainer, consistency_weight=0.1,
-                            group_pairs_by_length=grouped)
-    trainer.args.max_steps = steps
-    trainer.args.save_strategy = "no"
-    t0 = time.perf_counter()
-    trainer.train()
-    wall = time.perf_counter() - t0
-    return {"steps": trainer.state.global_step, "tokens": trainer.tokens_seen, "wall_s": round(wall, 1),
-            "tokens_per_s": round(trainer.tokens_seen / wall, 1), "s_per_step": round(wall / steps, 2)}
+def timed_sample(ds, tok, batches_per_order: int, seed: int) -> dict:
+    """Forward and backward of the MCC-KD loss on batches spread evenly over epoch 0 of each order (the first
+    batches of a length-grouped epoch are its longest, so the first N steps would not be a fair sample), the two
+    orders alternating batch by batch. The epoch estimate is the mean time per batch x batches per epoch."""
+    trainers, orders = {}, {}
+    for name, grouped in ORDERS.items():
+        torch.manual_seed(seed)
+        model, _ = load_student("smollm2-135m-instruct")
+        model = add_lora(model, 16, 32, 0.05, TARGETS)
+        cfg = TrainConfig(epochs=1, batch_size=BATCH, lr=2e-4, warmup_steps=0, save_steps=10_000, logging_steps=10_000)
+        trainers[name] = build_trainer(model, tok, ds, cfg, Path("/tmp") / f"kpod-bench-mcc-{name}", seed,
+                                       trainer_cls=MccKdTrainer, consistency_weight=0.1, group_pairs_by_length=grouped)
+        orders[name] = list(trainers[name].get_train_dataloader())
+    n = len(orders["random_pairs"])
+    picks = sorted({int(round(x)) for x in np.linspace(0, n - 1, batches_per_order)})
+    times = {name: [] for name in ORDERS}
+    tokens = {name: 0 for name in ORDERS}
+
+    def step(name, batch):
+        trainer = trainers[name]
+        loss = trainer.compute_loss(trainer.model, batch)
+        loss.backward()
+        trainer.model.zero_grad(set_to_none=True)
+
+    for name in ORDERS:  # warm-up, untimed
+        step(name, orders[name][0])
+    for k in picks:
+        for name in ORDERS:
+            batch = orders[name][k]
+            t0 = time.perf_counter()
+            step(name, batch)
+            times[name].append(time.perf_counter() - t0)
+            tokens[name] += int(batch["attention_mask"].sum())
+    out = {}
+    for name in ORDERS:
+        wall = sum(times[name])
+        out[name] = {"batches_timed": len(picks), "batches_per_epoch": len(orders[name]), "tokens": tokens[name],
+                     "wall_s": round(wall, 1), "tokens_per_s": round(tokens[name] / wall, 1),
+                     "s_per_step": round(wall / len(picks), 2),
+                     "epoch_estimate_s": round(wall / len(picks) * len(orders[name]))}
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=0, help="optimizer steps per timed block (0: padding only)")
-    ap.add_argument("--blocks", type=int, default=2, help="alternating timed blocks per order")
+    ap.add_argument("--batches", type=int, default=0, help="batches timed per order (0: padding only)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the LoRA init and the epoch orders")
     ap.add_argument("--epochs", type=int, default=2, help="epochs over which padding is counted")
     ap.add_argument("--out", default=str(ROOT / "results" / "mcc_kd_pairing"))
     a = ap.parse_args()
@@ -87,26 +116,13 @@ def main() -> None:
                for name, grouped in ORDERS.items()}
     print(json.dumps(padding), flush=True)
 
-    timed = {name: [] for name in ORDERS}
-    for block in range(a.blocks if a.steps else 0):
-        for name, grouped in ORDERS.items():
-            timed[name].append(time_block(ds, tok, grouped, a.steps, block, Path("/tmp") / "kpod-bench-mcc"))
-            print(name, json.dumps(timed[name][-1]), flush=True)
-
-    def total(runs):
-        if not runs:
-            return None
-        toks, wall = sum(r["tokens"] for r in runs), sum(r["wall_s"] for r in runs)
-        return {"tokens": toks, "wall_s": round(wall, 1), "tokens_per_s": round(toks / wall, 1),
-                "s_per_step": round(wall / sum(r["steps"] for r in runs), 2)}
-
-    totals = {name: total(runs) for name, runs in timed.items()}
+    totals = timed_sample(ds, tok, a.batches, a.seed) if a.batches else {name: None for name in ORDERS}
+    print(json.dumps(totals), flush=True)
     result = {
         "benchmark": "MCC-KD pair order: random vs length-grouped, default student, batch 8, SVAMP GPT-3.5 rationales",
         "machine": machine(), "commit": git_commit(), "load_average_at_end": os.getloadavg(),
         "data": report, "epochs_counted": a.epochs, "padding": padding,
-        "steps_per_block": a.steps, "blocks": a.blocks if a.steps else 0, "seeds": list(range(a.blocks)) if a.steps else [],
-        "runs": timed, "totals": totals,
+        "seed": a.seed, "timed": totals,
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out + ".json").write_text(json.dumps(result, indent=1))
@@ -114,14 +130,16 @@ def main() -> None:
     md = ["# MCC-KD: random pairs vs length-grouped pairs", "",
           f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}; commit {result['commit']}; "
           f"{report['examples']} training rationales of {len(set(qids))} SVAMP questions, batch {BATCH}.", "",
-          "| pair order | padding share of batches | tokens/s | s/step |", "|---|---|---|---|"]
+          "| pair order | padding share of batches | tokens/s | s per batch | epoch estimate (s) |", "|---|---|---|---|---|"]
     for name in ORDERS:
-        t = totals[name]
-        speed = (t["tokens_per_s"], t["s_per_step"]) if t else ("-", "-")
-        md.append(f"| {name} | {100 * padding[name]['padding_share']:.1f} % | {speed[0]} | {speed[1]} |")
-    md += ["", f"Padding counted over {a.epochs} epochs (seed 0); speed over {result['blocks']} alternating blocks of "
-           f"{a.steps} steps per order (tokens/s counts real tokens only).", "",
-           f"Reproduce: `python bench/mcc_kd_pairing.py --steps {a.steps} --blocks {a.blocks}`"]
+        t = totals[name] or {}
+        md.append(f"| {name} | {100 * padding[name]['padding_share']:.1f} % | {t.get('tokens_per_s', '-')} | "
+                  f"{t.get('s_per_step', '-')} | {t.get('epoch_estimate_s', '-')} |")
+    timed_note = (f"speed: forward and backward of the MCC-KD loss on {totals['random_pairs']['batches_timed']} "
+                  f"batches spread evenly over epoch 0 of each order, alternating, seed {a.seed} (tokens/s counts real "
+                  f"tokens; no optimizer step, which costs the same in both)") if a.batches else "speed not timed"
+    md += ["", f"Padding counted over {a.epochs} epochs (seed 0); {timed_note}.", "",
+           f"Reproduce: `python bench/mcc_kd_pairing.py --batches {a.batches} --seed {a.seed}`"]
     Path(a.out + ".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
