@@ -100,7 +100,7 @@ class QuestionPairSampler(Sampler[int]):
     With `lengths` (tokens per example) and `pairs_per_batch`, the pairs are length-grouped as transformers'
     `LengthGroupedSampler` groups examples: shuffled, then sorted by their longer rationale within mega-batches, so
     that a batch holds pairs of similar length. Random pairs pad every batch to its longest rationale; on the SVAMP
-    releases that wasted about half of each batch.
+    releases 38 % of a batch of 8 was padding, 15 % with grouping (bench/mcc_kd_pairing.py).
     """
 
     def __init__(self, question_ids: list[str], seed: int = 0, lengths: list[int] | None = None,
