@@ -7,7 +7,7 @@ false`, how kpod trained MCC-KD first) or length-grouped (the default). This mea
    configs/default.yaml, batch 8) for N batches spread evenly over an epoch of each order, alternating between the
    orders batch by batch so that machine noise hits both alike; the epoch time is estimated from them.
 
-    python bench/mcc_kd_pairing.py --batches 12    # writes results/mcc_kd_pairing.{json,md}
+    python bench/mcc_kd_pairing.py --batches 16    # writes results/mcc_kd_pairing.{json,md}
 """
 
 from __future__ import annotations
