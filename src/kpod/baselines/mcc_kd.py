@@ -174,8 +174,8 @@ class MccKdTrainer(TermLoggingTrainer):
         ds = train_dataset if train_dataset is not None else self.train_dataset
         question_ids = [e.question_id for e in ds.examples]
         if self.group_pairs_by_length and self.args.train_sampling_strategy == "group_by_length":
-            # pairs per optimizer step (over all processes, which share one seeded order), as DistillTrainer groups
-            pairs = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size // 2
+            # pairs per optimizer step, grouped as DistillTrainer groups its examples
+            pairs = self.examples_per_optimizer_step // 2
             return QuestionPairSampler(question_ids, seed=self.args.seed, lengths=ds.lengths, pairs_per_batch=pairs)
         return QuestionPairSampler(question_ids, seed=self.args.seed)
 

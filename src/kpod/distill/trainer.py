@@ -68,6 +68,11 @@ class DistillTrainer(Trainer):
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         self._loss_fn = seq2seq_loss if is_seq2seq(base) else causal_lm_loss
 
+    @property
+    def examples_per_optimizer_step(self) -> int:
+        """The global batch: examples per device x accumulation steps x processes (which share one seeded order)."""
+        return self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # non-pad tokens: packed batches count their own, padded ones are counted by their attention mask
         self.tokens_seen += int(inputs["num_tokens"]) if "num_tokens" in inputs else int(inputs["attention_mask"].sum())
@@ -81,9 +86,8 @@ class DistillTrainer(Trainer):
         if self.args.train_sampling_strategy == "group_by_length" and isinstance(ds, DistillDataset):
             # Lengths are known without reading the items (KPOD changes labels, never lengths).
             if self.args.world_size > 1:  # one seeded order that accelerate splits between the processes
-                return SeededLengthGroupedSampler(
-                    self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size,
-                    ds.lengths, seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed)
+                seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+                return SeededLengthGroupedSampler(self.examples_per_optimizer_step, ds.lengths, seed=seed)
             return LengthGroupedSampler(
                 self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=ds.lengths
             )
@@ -230,8 +234,7 @@ def run_training(trainer: DistillTrainer, output_dir: Path, final_dir: Path) -> 
         "batch_size": trainer.args.per_device_train_batch_size,
         "grad_accum": trainer.args.gradient_accumulation_steps,
         "processes": trainer.args.world_size,
-        "global_batch_size": (trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
-                              * trainer.args.world_size),
+        "global_batch_size": trainer.examples_per_optimizer_step,
     }
     if trainer.is_world_process_zero():
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=1))
