@@ -27,6 +27,8 @@ from kpod.experiment import (
     markdown_table,
     mean_std,
     plan_cells,
+    seed_spread,
+    seed_spread_table,
     shown_run_dir,
     wilson_interval,
 )
@@ -107,6 +109,32 @@ def test_kpod_is_compared_with_each_method_by_an_interval_over_the_test_question
     assert table[0] == "### KPOD against each method"
     assert "| svamp | plain CoT distillation | +30.00 |" in table[5]
     assert comparisons(exp.model_copy(update={"compare_with": None}), records, aggregate(records)) == []
+
+
+def test_seed_spread_is_a_one_way_anova_over_the_training_runs():
+    from scipy.stats import ttest_ind
+
+    exp = ExperimentConfig(name="t", base="b.yaml", seeds=[0, 1, 2], datasets={"svamp": {}},
+                           methods={"plain": {}, "kpod": {}, "scott": {}})
+    records = [_record("plain", s, a, zero=2.0) for s, a in enumerate((1.0, 2.0, 3.0))]
+    records += [_record("kpod", s, a) for s, a in enumerate((4.0, 5.0, 6.0))]
+    records.append(_record("scott", 0, 9.0))  # one seed: no spread of its own, left out
+    (row,) = seed_spread(exp, aggregate(records))
+    assert row["methods"] == ["plain", "kpod"] and row["runs"] == 6 and row["df"] == [1, 4]
+    assert row["seed_std"] == pytest.approx(1.0) and row["std_of_means"] == pytest.approx(statistics.stdev([2, 5]))
+    assert row["f"] == pytest.approx(13.5)
+    # with two groups the ANOVA is Student's two-sample t-test (F = t squared, the same p)
+    t = ttest_ind([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
+    assert row["f"] == pytest.approx(t.statistic ** 2) and row["p"] == pytest.approx(t.pvalue)
+    assert "| svamp | 2 | 6 | 1.00 | 2.12 | 13.50 (1, 4) | 0.021 |" in seed_spread_table([row]).splitlines()
+
+    same = [_record(m, s, a) for m in ("plain", "kpod") for s, a in enumerate((3.0, 5.0, 4.0))]
+    (row,) = seed_spread(exp, aggregate(same))
+    assert row["f"] == pytest.approx(0.0) and row["p"] == pytest.approx(1.0)
+    flat = [_record(m, s, a) for m, a in (("plain", 2.0), ("kpod", 4.0)) for s in range(3)]
+    (row,) = seed_spread(exp, aggregate(flat))
+    assert row["seed_std"] == 0.0 and row["f"] is None and "| – | – |" in seed_spread_table([row])
+    assert seed_spread(exp, aggregate(records[:3])) == []  # one method: nothing to compare
 
 
 def test_reports_name_cell_folders_without_the_machine_s_folders(tmp_path, monkeypatch):

@@ -18,8 +18,8 @@ variants of one seed share their token weights and step difficulties through `ru
 
 Results: `results/EXPERIMENT.json` (every cell's accuracies, train summary, config fingerprint, and mean/std per
 method and column), `results/EXPERIMENT.md` (one markdown table per `tables` entry: rows methods, columns the
-datasets evaluated, cells "mean ± std" over seeds; then KPOD against each method with a 95 % interval, and what each
-method's cells cost), `results/EXPERIMENT-accuracy.png` (bars with error bars) and
+datasets evaluated, cells "mean ± std" over seeds; then KPOD against each method with a 95 % interval, the spread
+between seeds against the spread between methods, and what each method's cells cost), `results/EXPERIMENT-accuracy.png` (bars with error bars) and
 `results/EXPERIMENT-loss.png` (training loss curves, mean over seeds). Layout of the experiment file:
 
     name: svamp-paper
@@ -429,6 +429,58 @@ def difference_interval(p_a: float, n_a: int, p_b: float, n_b: int, z: float = 1
     return 100 * diff, 100 * low, 100 * high
 
 
+def seed_spread(exp: ExperimentConfig, agg: dict) -> list[dict]:
+    """Per column, how far the seeds of one method scatter against how far the methods' means do, over the methods
+    with two seeds or more: the pooled within-method standard deviation, the standard deviation of the method means,
+    and a one-way ANOVA of the per-seed accuracies (each seed one training run): its p is the chance of an F this
+    large if no method differed. This covers the spread between training runs that the intervals over the test
+    questions leave out."""
+    from scipy.stats import f as f_distribution
+
+    out = []
+    for col in table_columns(exp, agg, list(exp.methods)):
+        groups = {m: agg[m][col]["values"] for m in exp.methods if agg.get(m, {}).get(col, {}).get("n", 0) >= 2}
+        if len(groups) < 2:
+            continue
+        values = [np.asarray(v, dtype=np.float64) for v in groups.values()]
+        within_ss = sum(float(((v - v.mean()) ** 2).sum()) for v in values)
+        within_df = sum(len(v) - 1 for v in values)
+        grand = np.concatenate(values).mean()
+        between_ss = sum(len(v) * float((v.mean() - grand) ** 2) for v in values)
+        between_df = len(values) - 1
+        f_value = p_value = None
+        if within_ss > 0:
+            f_value = (between_ss / between_df) / (within_ss / within_df)
+            p_value = float(f_distribution.sf(f_value, between_df, within_df))
+        means = [float(v.mean()) for v in values]
+        out.append({"column": col, "methods": list(groups), "runs": sum(len(v) for v in values),
+                    "seed_std": math.sqrt(within_ss / within_df), "std_of_means": mean_std(means)[1],
+                    "f": f_value, "p": p_value, "df": [between_df, within_df]})
+    return out
+
+
+def seed_spread_table(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    lines = ["### Spread between seeds", "",
+             "| column | methods with 2+ seeds | runs | seed-to-seed std | std of method means | ANOVA F | p |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        f_text = "–" if r["f"] is None else f"{r['f']:.2f} ({r['df'][0]}, {r['df'][1]})"
+        p_text = "–" if r["p"] is None else f"{r['p']:.3f}"
+        lines.append(f"| {r['column']} | {len(r['methods'])} | {r['runs']} | {r['seed_std']:.2f} | "
+                     f"{r['std_of_means']:.2f} | {f_text} | {p_text} |")
+    lines += ["", "Seed-to-seed std: the standard deviation between seeds of one method, pooled over the methods with "
+                  "two seeds or more; if no method differed, the method means (of k seeds each) would still scatter "
+                  "by about that std / sqrt(k). One-way ANOVA over the per-seed accuracies, F (degrees of freedom): p "
+                  "is the chance of an F this large when no method differs (approximate: it assumes normal, "
+                  "equal spreads). It holds the test questions fixed, since every seed answers the same ones: a small "
+                  "p says the methods differ on these questions beyond the spread between training runs, while the "
+                  "interval over the test questions above says whether a difference would carry over to other "
+                  "questions. A method is shown better only where both agree."]
+    return "\n".join(lines)
+
+
 def seed_accuracies(agg: dict, method: str, column: str) -> dict[int, float]:
     stats = agg.get(method, {}).get(column)
     return dict(zip(stats["seeds"], stats["values"])) if stats else {}
@@ -495,13 +547,16 @@ def write_report(exp: ExperimentConfig, records: list[dict], results_dir: str | 
     compared = comparisons(exp, records, agg)
     if compared:
         md += [comparison_table(exp, compared), ""]
+    spread = seed_spread(exp, agg)
+    if spread:
+        md += [seed_spread_table(spread), ""]
     md += [cost_table(exp, records), ""]
     failed = [r for r in records if r.get("status") == "failed"]
     if failed:
         md += ["Failed cells: " + ", ".join(r["cell"] for r in failed), ""]
     out = {"experiment": exp.name, "written": time.strftime("%Y-%m-%d %H:%M:%S"),
            "config": exp.model_dump(mode="json"), "cells": records, "aggregate": agg, "tables": tables,
-           "comparison": compared}
+           "comparison": compared, "seed_spread": spread}
     (results_dir / f"{exp.name}.json").write_text(json.dumps(out, indent=1, default=str))
     (results_dir / f"{exp.name}.md").write_text("\n".join(md))
     try:
