@@ -19,8 +19,9 @@ variants of one seed share their token weights and step difficulties through `ru
 Results: `results/EXPERIMENT.json` (every cell's accuracies, train summary, config fingerprint, and mean/std per
 method and column), `results/EXPERIMENT.md` (one markdown table per `tables` entry: rows methods, columns the
 datasets evaluated, cells "mean ± std" over seeds; then KPOD against each method with a 95 % interval, the spread
-between seeds against the spread between methods, and what each method's cells cost), `results/EXPERIMENT-accuracy.png` (bars with error bars) and
-`results/EXPERIMENT-loss.png` (training loss curves, mean over seeds). Layout of the experiment file:
+between seeds against the spread between methods, and what each method's cells cost),
+`results/EXPERIMENT-accuracy.png` (bars with error bars) and `results/EXPERIMENT-loss.png` (training loss curves,
+mean over seeds). Layout of the experiment file:
 
     name: svamp-paper
     base: ../default.yaml                  # relative to this file

@@ -88,9 +88,7 @@ class DistillTrainer(Trainer):
             if self.args.world_size > 1:  # one seeded order that accelerate splits between the processes
                 seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
                 return SeededLengthGroupedSampler(self.examples_per_optimizer_step, ds.lengths, seed=seed)
-            return LengthGroupedSampler(
-                self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=ds.lengths
-            )
+            return LengthGroupedSampler(self.examples_per_optimizer_step, lengths=ds.lengths)
         return super()._get_train_sampler(train_dataset)
 
 
