@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 
 from kpod.curriculum.ftgp import ftgp_select_detailed, max_num_thresholds, numba_available  # noqa: E402
 from kpod.curriculum.greedy import greedy_select_detailed  # noqa: E402
+from kpod.evaluation.evaluate import cpu_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLUSTERS, BETA, BUDGET_FRACTION, GAMMA_SHAPE = 5, 12.0, 0.3, 2.0
@@ -54,14 +55,6 @@ def timed(fn, repeats: int):
 
 
 def machine_info() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
@@ -78,7 +71,7 @@ def machine_info() -> dict:
     except ImportError:
         numba_version = None
     return {
-        "cpu_model": cpu,
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),

@@ -389,6 +389,9 @@ def test_invalid_inputs_raise(kwargs, message):
     args["cost"], args["cluster"] = np.asarray(args["cost"]), np.asarray(args["cluster"])
     with pytest.raises(ValueError, match=message):
         ftgp_select(**args)
+    if "eps" not in kwargs:  # the greedy baseline takes the same instances, so it must refuse the same ones
+        with pytest.raises(ValueError, match=message):
+            greedy_select(**args)
 
 
 def test_generic_rejects_bad_order_and_eps():

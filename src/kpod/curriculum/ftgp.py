@@ -36,6 +36,7 @@ from kpod.curriculum import ftgp_kernels
 from kpod.curriculum.ftgp_kernels import numba_available  # noqa: F401  (re-exported)
 
 # OPT <= ALPHA * Gamma for the phase-1 estimate Gamma (docs/ftgp.md section 2.1).
+# OPT <= ALPHA * Gamma for the phase-1 estimate Gamma (docs/ftgp.md section 2.1).
 ALPHA = 7.0
 ZERO_COST_POLICIES = ("exclude", "include")
 SCAN_ORDERS = ("index", "permuted")
@@ -163,6 +164,80 @@ def _scan_order(n: int, scan_order: str, seed: int) -> np.ndarray:
     if scan_order == "permuted":
         return np.random.default_rng(seed).permutation(n)
     raise ValueError(f"scan_order must be one of {SCAN_ORDERS}, got {scan_order!r}")
+
+
+@dataclass(frozen=True)
+class _KpodProblem:
+    """A validated instance of F' under a knapsack: where `ftgp_select_detailed` and the greedy baseline start.
+
+    fitting: indices, in scan order, of the elements that fit the budget alone (zero-cost ones left out under
+    zero_cost="exclude"). too_costly: how many elements cost more than the whole budget.
+    """
+
+    cost: np.ndarray
+    cluster: np.ndarray
+    budget: float
+    beta: float
+    fitting: np.ndarray
+    too_costly: int
+
+    @property
+    def free(self) -> np.ndarray:
+        """Fitting elements of cost 0: taken without search (they add diversity for nothing)."""
+        return self.fitting[self.cost[self.fitting] == 0]
+
+    @property
+    def paid(self) -> np.ndarray:
+        """Fitting elements of positive cost: what the search chooses among."""
+        return self.fitting[self.cost[self.fitting] > 0]
+
+    @property
+    def codes(self) -> np.ndarray:
+        """Cluster labels renumbered 0..K-1, so counts per cluster fit in a bincount."""
+        return np.unique(self.cluster, return_inverse=True)[1].astype(np.int64)
+
+    def selection(self, selected, queries=0, num_thresholds=0, everything_fit=False, guard_drops=0) -> KpodSelection:
+        mask = np.zeros(len(self.cost), dtype=bool)
+        mask[selected] = True
+        return KpodSelection(
+            mask,
+            kpod_objective(self.cost, self.cluster, mask, self.beta),
+            set_cost(self.cost, mask),
+            queries,
+            num_thresholds,
+            self.too_costly,
+            int(np.count_nonzero(self.cost[mask] == 0)),
+            everything_fit,
+            guard_drops,
+        )
+
+    def without_search(self) -> KpodSelection | None:
+        """The answer when no search is needed (nothing fits, or every fitting element fits together), else None."""
+        if self.budget < 0:
+            return self.selection(np.zeros(0, np.int64))
+        if _fits(self.cost[self.fitting], self.budget):
+            return self.selection(self.fitting, everything_fit=True)
+        return None
+
+
+def _kpod_problem(cost, cluster, budget, beta, zero_cost: str, scan_order: str, seed: int) -> _KpodProblem:
+    """Check the arguments of a selection on F' (clear errors for bad input) and find the elements that fit."""
+    cost = _as_costs(cost)
+    cluster = np.asarray(cluster)
+    if cluster.shape != cost.shape:
+        raise ValueError(f"cost and cluster must have the same shape, got {cost.shape} and {cluster.shape}")
+    if cluster.size and not np.issubdtype(cluster.dtype, np.integer):
+        raise ValueError(f"cluster labels must be integers, got dtype {cluster.dtype}")
+    budget = _as_budget(budget)
+    if not (math.isfinite(beta) and beta >= 0):
+        raise ValueError(f"beta must be finite and >= 0 (F' is monotone only then), got {beta!r}")
+    if zero_cost not in ZERO_COST_POLICIES:
+        raise ValueError(f"zero_cost must be one of {ZERO_COST_POLICIES}, got {zero_cost!r}")
+    order = _scan_order(len(cost), scan_order, seed)
+    fitting = order[cost[order] <= budget]
+    if zero_cost == "exclude":
+        fitting = fitting[cost[fitting] > 0]
+    return _KpodProblem(cost, cluster, budget, float(beta), fitting, int(np.count_nonzero(cost > budget)))
 
 
 def _suffix_estimate(x_cost: np.ndarray, x_gain: np.ndarray, budget: float) -> float:
@@ -380,42 +455,15 @@ def ftgp_select_detailed(
     cap: bool = True,
 ) -> KpodSelection:
     """FTGP on KPOD's F' (docs/ftgp.md section 3); see `ftgp_select` for the arguments."""
-    cost = _as_costs(cost)
-    cluster = np.asarray(cluster)
-    if cluster.shape != cost.shape:
-        raise ValueError(f"cost and cluster must have the same shape, got {cost.shape} and {cluster.shape}")
-    if cluster.size and not np.issubdtype(cluster.dtype, np.integer):
-        raise ValueError(f"cluster labels must be integers, got dtype {cluster.dtype}")
-    budget = _as_budget(budget)
+    problem = _kpod_problem(cost, cluster, budget, beta, zero_cost, scan_order, seed)
     _check_eps(eps)
-    if not (math.isfinite(beta) and beta >= 0):
-        raise ValueError(f"beta must be finite and >= 0 (F' is monotone only then), got {beta!r}")
-    if zero_cost not in ZERO_COST_POLICIES:
-        raise ValueError(f"zero_cost must be one of {ZERO_COST_POLICIES}, got {zero_cost!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    n = len(cost)
-    order = _scan_order(n, scan_order, seed)
-    mask = np.zeros(n, dtype=bool)
-    too_costly = int(np.count_nonzero(cost > budget))
-
-    def done(selected, queries=0, taus=0, fit=False, drops=0) -> KpodSelection:
-        mask[selected] = True
-        objective = kpod_objective(cost, cluster, mask, beta)
-        free = int(np.count_nonzero(cost[mask] == 0))
-        return KpodSelection(mask, objective, set_cost(cost, mask), queries, taus, too_costly, free, fit, drops)
-
-    if budget < 0:
-        return done(np.zeros(0, np.int64))
-    fitting = order[cost[order] <= budget]
-    if zero_cost == "exclude":
-        fitting = fitting[cost[fitting] > 0]
-    if _fits(cost[fitting], budget):
-        return done(fitting, fit=True)
-    free = fitting[cost[fitting] == 0]
-    paid = fitting[cost[fitting] > 0]
-    _, codes = np.unique(cluster, return_inverse=True)
-    codes = codes.astype(np.int64)
+    answer = problem.without_search()
+    if answer is not None:
+        return answer
+    cost, budget, beta, n = problem.cost, problem.budget, problem.beta, len(problem.cost)
+    free, paid, codes = problem.free, problem.paid, problem.codes
     cnt = np.bincount(codes[free], minlength=codes.max() + 1).astype(np.int64)
     sq = np.sqrt(np.arange(n + 2, dtype=np.float64))
     a, k = cost[paid], codes[paid]
@@ -441,7 +489,7 @@ def ftgp_select_detailed(
         j = int(np.argmax(values))
         chosen = np.append(s_idx[: idx[j]], cand[j])
     selected, drops = _budget_guard(np.concatenate([free, paid[chosen]]), cost, budget)
-    return done(selected, queries, len(taus), False, drops)
+    return problem.selection(selected, queries, len(taus), guard_drops=drops)
 
 
 def ftgp_select(

@@ -13,20 +13,10 @@ so a heap entry is fresh exactly when that count has not changed since it was co
 from __future__ import annotations
 
 import heapq
-import math
 
 import numpy as np
 
-from kpod.curriculum.ftgp import (
-    ZERO_COST_POLICIES,
-    KpodSelection,
-    _as_budget,
-    _as_costs,
-    _fits,
-    _scan_order,
-    kpod_objective,
-    set_cost,
-)
+from kpod.curriculum.ftgp import KpodSelection, _kpod_problem
 
 
 def greedy_select_detailed(
@@ -40,38 +30,14 @@ def greedy_select_detailed(
     seed: int = 0,
 ) -> KpodSelection:
     """Lazy cost-benefit greedy + best singleton on F'; arguments as in `ftgp_select`. queries counts gains."""
-    cost = _as_costs(cost)
-    cluster = np.asarray(cluster)
-    if cluster.shape != cost.shape:
-        raise ValueError(f"cost and cluster must have the same shape, got {cost.shape} and {cluster.shape}")
-    budget = _as_budget(budget)
-    if not (math.isfinite(beta) and beta >= 0):
-        raise ValueError(f"beta must be finite and >= 0, got {beta!r}")
-    if zero_cost not in ZERO_COST_POLICIES:
-        raise ValueError(f"zero_cost must be one of {ZERO_COST_POLICIES}, got {zero_cost!r}")
-    n = len(cost)
-    order = _scan_order(n, scan_order, seed)
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n)
-    mask = np.zeros(n, dtype=bool)
-    too_costly = int(np.count_nonzero(cost > budget))
-
-    def done(selected, queries=0, fit=False) -> KpodSelection:
-        mask[selected] = True
-        free = int(np.count_nonzero(cost[mask] == 0))
-        objective = kpod_objective(cost, cluster, mask, beta)
-        return KpodSelection(mask, objective, set_cost(cost, mask), queries, 0, too_costly, free, fit)
-
-    if budget < 0:
-        return done(np.zeros(0, np.int64))
-    fitting = order[cost[order] <= budget]
-    if zero_cost == "exclude":
-        fitting = fitting[cost[fitting] > 0]
-    if _fits(cost[fitting], budget):
-        return done(fitting, fit=True)
-    free = fitting[cost[fitting] == 0]
-    paid = fitting[cost[fitting] > 0]
-    _, codes = np.unique(cluster, return_inverse=True)
+    problem = _kpod_problem(cost, cluster, budget, beta, zero_cost, scan_order, seed)
+    answer = problem.without_search()
+    if answer is not None:
+        return answer
+    cost, budget, beta, n = problem.cost, problem.budget, problem.beta, len(problem.cost)
+    free, paid, codes = problem.free, problem.paid, problem.codes
+    rank = np.empty(n, dtype=np.int64)  # scan position, the tie-break
+    rank[problem.fitting] = np.arange(len(problem.fitting))
     cnt = np.bincount(codes[free], minlength=codes.max() + 1).tolist()
     sq = np.sqrt(np.arange(n + 2, dtype=np.float64)).tolist()
     a, k = cost.tolist(), codes.tolist()
@@ -105,7 +71,7 @@ def greedy_select_detailed(
     queries += len(paid)
     if singles.size and singles.max() > value:
         chosen = [int(paid[int(np.argmax(singles))])]
-    return done(np.concatenate([free, np.asarray(chosen, dtype=np.int64)]).astype(np.int64), queries)
+    return problem.selection(np.concatenate([free, np.asarray(chosen, dtype=np.int64)]).astype(np.int64), queries)
 
 
 def greedy_select(
