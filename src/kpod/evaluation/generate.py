@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from kpod.models import is_seq2seq
 
@@ -29,6 +30,9 @@ from kpod.models import is_seq2seq
 ANSWER_DONE = re.compile(r"answer is[^\n]*?\.\s", re.IGNORECASE)
 RUN_ON = re.compile(r"\n\s*Q:")
 _TAIL_TOKENS = 24  # enough of the tail to see a finished answer sentence
+# transformers 5.x renamed a model's KV-cache argument and output from `past_key_values` to `cache` (the old name
+# warns, then goes in 5.40); use whichever this version has.
+_CACHE = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 @dataclass
@@ -92,7 +96,7 @@ def _greedy_causal(model, tokenizer, batch_ids: list[list[int]], max_new_tokens:
     ids, attn = ids.to(device), attn.to(device)
     pos = (attn.cumsum(-1) - 1).clamp_min(0)
     out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    cache = getattr(out, _CACHE)
     nxt = pick(out.logits[:, -1])
     stats["prefill_tokens"] += int(attn.sum())
 
@@ -120,8 +124,8 @@ def _greedy_causal(model, tokenizer, batch_ids: list[list[int]], max_new_tokens:
         attn = torch.cat([attn, attn.new_ones((len(rows), 1))], dim=1)
         last_pos = last_pos + 1
         out = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=last_pos[:, None],
-                    past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+                    use_cache=True, **{_CACHE: cache})
+        cache = getattr(out, _CACHE)
         nxt = pick(out.logits[:, -1])
     return generated
 
