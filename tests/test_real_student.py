@@ -1,4 +1,4 @@
-"""Tests on the real default student (SmolLM2-135M-Instruct). Marked slow: run with `make test-slow`."""
+"""Tests on the real shipped students (SmolLM2-135M-Instruct, Gemma 3 270M). Marked slow: `make test-slow`."""
 
 from __future__ import annotations
 
@@ -19,29 +19,37 @@ from kpod.models import load_student
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def student():
+# class name, minimum parameter count, end-of-sequence token of each shipped student
+EXPECTED = {
+    "smollm2-135m-instruct": ("LlamaForCausalLM", 100e6, "<|im_end|>"),
+    "gemma3-270m": ("Gemma3ForCausalLM", 250e6, "<eos>"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(EXPECTED))
+def student(request):
     torch.manual_seed(0)
-    return load_student("smollm2-135m-instruct")
+    return request.param, *load_student(request.param)
 
 
 @pytest.fixture(scope="module")
 def examples(student):
-    _, tok = student
+    _, _, tok = student
     questions = {q.id: q for q in load_split("svamp", "train")}
     rationales = [r for r in import_rationales("svamp", "gpt35")[0] if r.sample == 0][:8]
     return encode_examples(tok, questions, rationales, progress=False)[0]
 
 
-def test_default_student_is_a_real_llama(student):
-    model, tok = student
-    assert type(model).__name__ == "LlamaForCausalLM"
-    assert sum(p.numel() for p in model.parameters()) > 100e6
-    assert tok.eos_token == "<|im_end|>"
+def test_shipped_student_is_the_real_model(student):
+    name, model, tok = student
+    cls, min_params, eos = EXPECTED[name]
+    assert type(model).__name__ == cls
+    assert sum(p.numel() for p in model.parameters()) > min_params
+    assert tok.eos_token == eos
 
 
 def test_batched_generation_matches_one_at_a_time(student):
-    model, tok = student
+    _, model, tok = student
     prompts = [render_prompt(q) for q in load_split("svamp", "test")[:3]]
     one, _ = generate(model, tok, prompts, batch_size=1, max_new_tokens=24, progress=False)
     many, stats = generate(model, tok, prompts, batch_size=3, max_new_tokens=24, progress=False)
@@ -50,14 +58,14 @@ def test_batched_generation_matches_one_at_a_time(student):
 
 
 def test_fast_loss_equals_reference_on_the_real_model(student, examples):
-    model, tok = student
+    _, model, tok = student
     batch = PadCollator(tok.pad_token_id)([DistillDataset(examples)[i] for i in range(4)])
     with torch.no_grad():
         assert torch.allclose(causal_lm_loss(model, batch), reference_causal_lm_loss(model, batch), atol=1e-4)
 
 
 def test_step_difficulty_is_finite_and_positive(student, examples):
-    model, tok = student
+    _, model, tok = student
     nll = target_token_nll(model, tok, examples, batch_size=4, progress=False)
     for ex, n in zip(examples, nll):
         d = step_difficulties(n[: ex.answer_start], None, ex.step_spans)

@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_run)
 
     e = sub.add_parser("eval", help="evaluate any model on any split")
-    e.add_argument("--model", default="smollm2-135m-instruct", help="hub id, folder, or the default student")
+    e.add_argument("--model", default="smollm2-135m-instruct", help="hub id, folder, or a shipped student (smollm2-135m-instruct, gemma3-270m)")
     e.add_argument("--adapter", help="LoRA adapter folder to apply (e.g. runs/NAME/train/final)")
     e.add_argument("--dataset", default="svamp")
     e.add_argument("--split", default="test", choices=["train", "dev", "test"])

