@@ -36,7 +36,6 @@ from kpod.curriculum import ftgp_kernels
 from kpod.curriculum.ftgp_kernels import numba_available  # noqa: F401  (re-exported)
 
 # OPT <= ALPHA * Gamma for the phase-1 estimate Gamma (docs/ftgp.md section 2.1).
-# OPT <= ALPHA * Gamma for the phase-1 estimate Gamma (docs/ftgp.md section 2.1).
 ALPHA = 7.0
 ZERO_COST_POLICIES = ("exclude", "include")
 SCAN_ORDERS = ("index", "permuted")
