@@ -1,4 +1,4 @@
-"""Which students `model.name` reaches: the shipped ones by name, anything else as a hub id or folder."""
+"""Which students `student.name` reaches: the shipped ones by name, anything else as a hub id or folder."""
 
 from __future__ import annotations
 

