@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import statistics
 from pathlib import Path
@@ -198,6 +199,7 @@ def test_tiny_grid_runs_reports_and_resumes(tmp_path, tiny_llama_dir, capsys, mo
     assert [c["status"] for c in out["cells"]] == ["done"] * 4
     for c in out["cells"]:
         assert 0 <= c["accuracy"]["svamp"]["accuracy"] <= 100 and c["train"]["loss_curve"]
+        assert c["machine"]["cores"] == os.cpu_count() and "commit" in c  # every cell names where it ran
     accs = [c["accuracy"]["svamp"]["accuracy"] for c in out["cells"] if c["method"] == "kpod_icl"]
     stats = out["aggregate"]["kpod_icl"]["svamp"]
     assert stats["mean"] == pytest.approx(statistics.mean(accs)) and stats["std"] == pytest.approx(statistics.stdev(accs))
@@ -207,6 +209,7 @@ def test_tiny_grid_runs_reports_and_resumes(tmp_path, tiny_llama_dir, capsys, mo
           for s in (0, 1)]
     assert "reused_from" not in zs[0] and "reused_from" in zs[1] and zs[0]["accuracy"] == zs[1]["accuracy"]
     md = (tmp_path / "results" / "tiny-grid.md").read_text()
+    assert "(recorded by 4 of 4 finished cells)" in md and "Ran on: not recorded" not in md
     assert "| KPOD-ICL |" in md and "| no distillation (zero-shot CoT) |" in md and "4/4 cells finished" in md
     steps = out["cells"][0]["train"]["global_steps"]
     assert f"| plain CoT distillation | 2 | {steps} |" in md.split("### Cost per cell")[1]  # the budgets, per method

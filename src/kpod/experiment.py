@@ -300,6 +300,9 @@ def read_cell(cell: Cell) -> dict:
         return rec
     summary = json.loads(summary_path.read_text())
     train_ds = cell.config.data.dataset
+    evaluations = summary.get("results") or []
+    if evaluations:  # where the cell ran, from which commit: a shared report must name its machine
+        rec["commit"], rec["machine"] = evaluations[0].get("commit"), evaluations[0].get("machine")
     for key, out in (("results", "accuracy"), ("zero_shot", "zero_shot_accuracy")):
         rec[out] = {column_of(r, train_ds): {"accuracy": r["accuracy"], "correct": r["correct"], "n": r["n"]}
                     for r in summary.get(key, [])}
@@ -532,6 +535,20 @@ def comparison_table(exp: ExperimentConfig, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def machine_label(machine: dict) -> str:
+    gpu = f", {machine['gpu']}" if machine.get("gpu") else ""
+    return f"{machine.get('cpu')} ({machine.get('cores')} cores){gpu}, torch {machine.get('torch')}"
+
+
+def provenance_line(records: list[dict]) -> str:
+    """The machines and commits the finished cells ran on (cells carried over from an older report may not know)."""
+    known = [r for r in records if r.get("machine")]
+    machines = sorted({machine_label(r["machine"]) for r in known})
+    commits = sorted({r["commit"] for r in known if r.get("commit")})
+    return (f"Ran on: {'; '.join(machines) or 'not recorded'}; commits: {', '.join(commits) or 'not recorded'} "
+            f"(recorded by {len(known)} of {sum(r.get('done', False) for r in records)} finished cells).")
+
+
 def write_report(exp: ExperimentConfig, records: list[dict], results_dir: str | Path) -> dict:
     """results/NAME.json and .md, and the plots (when matplotlib is installed); returns the JSON content."""
     results_dir = Path(results_dir)
@@ -552,6 +569,7 @@ def write_report(exp: ExperimentConfig, records: list[dict], results_dir: str | 
     if spread:
         md += [seed_spread_table(spread), ""]
     md += [cost_table(exp, records), ""]
+    md += [provenance_line(records), ""]
     failed = [r for r in records if r.get("status") == "failed"]
     if failed:
         md += ["Failed cells: " + ", ".join(r["cell"] for r in failed), ""]
