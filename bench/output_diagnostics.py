@@ -4,7 +4,10 @@ them, the same for the teacher rationales each student was trained on, and for c
 the epochs in which a rationale's opening step is trained on (a plain run trains on it every epoch). Reads the
 cells' files only: no model is run. See kpod.evaluation.diagnostics for what counts as an equation.
 
-    python bench/output_diagnostics.py runs/ood-gsm8k-cpu --out results/ood-gsm8k-cpu-diagnostics
+    python bench/output_diagnostics.py runs/ood-gsm8k-cpu --out results/ood-gsm8k-cpu-diagnostics [--merge]
+
+--merge keeps the rows of an earlier OUT.json for cells whose run folders are gone (run folders are not kept
+forever; the report is), marked with the commit of the report they come from.
 """
 
 from __future__ import annotations
@@ -60,13 +63,14 @@ def opening_step_epochs(cell: Path) -> float | None:
 
 
 def collect(runs: Path) -> tuple[list[dict], dict]:
-    rows, teacher = [], {}
+    """Evaluation rows of the finished cells, and {dataset: [teacher-rationale stats]}: one entry per distinct
+    training set (multi-rationale methods train on more rationales per question than the others)."""
+    rows, teacher = [], defaultdict(list)
     for cell in sorted(p for p in runs.iterdir() if p.is_dir()):
         m = CELL.match(cell.name)
         if not m or not (cell / "summary.json").exists():
             continue  # not a finished cell
-        if m["dataset"] not in teacher:
-            teacher[m["dataset"]] = teacher_rationales(cell)
+        add_teacher_set(teacher[m["dataset"]], teacher_rationales(cell), m["method"])
         for ev in sorted((cell / "eval").glob("*/predictions.jsonl")):
             res = json.loads((ev.parent / "results.json").read_text())
             method = ZERO_SHOT if ev.parent.name.startswith("zero-shot") else m["method"]
@@ -74,6 +78,39 @@ def collect(runs: Path) -> tuple[list[dict], dict]:
                          "column": column_of(res, m["dataset"]), **diagnose_file(ev),
                          "opening_step_epochs": None if method == ZERO_SHOT else opening_step_epochs(cell)})
     return rows, teacher
+
+
+def add_teacher_set(sets: list[dict], stats: dict | None, method: str | None) -> None:
+    """Count `stats` under the set with the same numbers, or as a new set; note which methods trained on it."""
+    if stats is None:
+        return
+    same = next((t for t in sets if {k: v for k, v in t.items() if k != "methods"}
+                 == {k: v for k, v in stats.items() if k != "methods"}), None)
+    if same is None:
+        same = {**stats, "methods": []}
+        sets.append(same)
+    for m in stats.get("methods", [method] if method else []):
+        if m not in same["methods"]:
+            same["methods"].append(m)
+
+
+def merge_previous(path: Path, rows: list[dict], teacher: dict) -> list[str]:
+    """Add the rows of an earlier report for cells not collected now; returns those cells."""
+    if not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    have = {r["cell"] for r in rows}
+    kept = [{**r, "from_report_commit": r.get("from_report_commit", old.get("commit"))}
+            for r in old.get("evaluations", []) if r["cell"] not in have]
+    rows.extend(kept)
+    for dataset, sets in old.get("teacher_rationales", {}).items():
+        if isinstance(sets, dict):  # older reports held one set per dataset, that of their (single-rationale) cells
+            methods = sorted({r["method"] for r in kept if r["method"] != ZERO_SHOT
+                              and CELL.match(r["cell"])["dataset"] == dataset})
+            sets = [{**sets, "methods": methods}]
+        for stats in sets:
+            add_teacher_set(teacher[dataset], stats, None)
+    return sorted({r["cell"] for r in kept})
 
 
 def aggregate(rows: list[dict]) -> dict:
@@ -90,12 +127,13 @@ def aggregate(rows: list[dict]) -> dict:
     return out
 
 
-def markdown(name: str, agg: dict, teacher: dict) -> str:
+def markdown(name: str, agg: dict, teacher: dict, kept: list[str]) -> str:
     lines = [f"# {name}: what the students write", "",
              "Mean over seeds. eq/ans: equations `a op b = c` per answer; true: share of them arithmetically right; "
              "all true: answers with no wrong equation; chars: answer length; opening-step epochs: epochs in which "
              "the schedule trains the student to write a rationale from its first step (plain: every epoch). "
-             "See kpod.evaluation.diagnostics.", "",
+             "See kpod.evaluation.diagnostics."
+             + (f" Kept from the previous report (run folders gone): {', '.join(kept)}." if kept else ""), "",
              "| method | column | correct | eq/ans | true % | all true % | chars | opening-step epochs | seeds |",
              "|---|---|---|---|---|---|---|---|---|"]
     fmt = lambda v, spec: "–" if v is None else format(v, spec)  # noqa: E731
@@ -105,11 +143,13 @@ def markdown(name: str, agg: dict, teacher: dict) -> str:
                          f"{fmt(s['equations_true_pct'], '.1f')} | {fmt(s['answers_all_equations_true_pct'], '.1f')} | "
                          f"{fmt(s['mean_output_chars'], '.0f')} | {fmt(s['opening_step_epochs'], '.2f')} | "
                          f"{s['seeds'] or 'one run (greedy)'} |")
-    for dataset, t in teacher.items():
-        if t:
-            lines.append(f"| teacher rationales (training) | {dataset} | – | {t['equations_per_answer']:.2f} | "
-                         f"{fmt(t['equations_true_pct'], '.1f')} | {t['answers_all_equations_true_pct']:.1f} | "
-                         f"{t['mean_output_chars']:.0f} | – | {t['n']} rationales |")
+    for dataset, sets in teacher.items():
+        for t in sorted(sets, key=lambda t: t["n"]):
+            trained = f" of {', '.join(sorted(t['methods']))}" if t["methods"] else ""
+            lines.append(f"| teacher rationales (training{trained}) | {dataset} | – | "
+                         f"{t['equations_per_answer']:.2f} | {fmt(t['equations_true_pct'], '.1f')} | "
+                         f"{t['answers_all_equations_true_pct']:.1f} | {t['mean_output_chars']:.0f} | – | "
+                         f"{t['n']} rationales |")
     return "\n".join(lines) + "\n"
 
 
@@ -117,18 +157,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", type=Path, help="an experiment's runs folder (runs/EXPERIMENT)")
     ap.add_argument("--out", required=True, help="output path without suffix (.json and .md are written)")
+    ap.add_argument("--merge", action="store_true", help="keep OUT.json's rows of cells whose run folders are gone")
     a = ap.parse_args()
     if not a.runs.is_dir():
         sys.exit(f"error: {a.runs} is not a folder")
     rows, teacher = collect(a.runs)
+    kept = merge_previous(Path(a.out + ".json"), rows, teacher) if a.merge else []
     if not rows:
         sys.exit(f"error: no finished cell with predictions under {a.runs}")
     agg = aggregate(rows)
     out = {"experiment": a.runs.name, "machine": machine(), "commit": git_commit(), "aggregate": agg,
-           "teacher_rationales": teacher, "evaluations": rows}
+           "teacher_rationales": dict(teacher), "kept_from_previous_report": kept, "evaluations": rows}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out + ".json").write_text(json.dumps(out, indent=1))
-    Path(a.out + ".md").write_text(markdown(a.runs.name, agg, teacher))
+    Path(a.out + ".md").write_text(markdown(a.runs.name, agg, teacher, kept))
     print(Path(a.out + ".md").read_text())
 
 

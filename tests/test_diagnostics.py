@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -86,5 +87,28 @@ def test_bench_tabulates_an_experiment(tmp_path):
     assert plain["opening_step_epochs"] == 2.0 and res["aggregate"]["kpod"]["gsm8k"]["opening_step_epochs"] == 1.5
     assert res["aggregate"]["kpod"]["gsm8k"]["seeds"] == [0]
     assert res["aggregate"]["zero_shot"]["asdiv (from gsm8k)"]["equations_per_answer"] == 1.0
-    assert res["teacher_rationales"]["gsm8k"]["equations_true_pct"] == 100.0
+    (gsm8k_rationales,) = res["teacher_rationales"]["gsm8k"]  # one training set, shared by both methods
+    assert gsm8k_rationales["equations_true_pct"] == 100.0 and sorted(gsm8k_rationales["methods"]) == ["kpod", "plain"]
     assert "| plain | gsm8k |" in out.with_suffix(".md").read_text()
+
+
+def test_bench_merge_keeps_cells_whose_run_folders_are_gone(tmp_path):
+    runs, out = tmp_path / "runs" / "exp", tmp_path / "diag"
+    bench = [sys.executable, str(ROOT / "bench" / "output_diagnostics.py"), str(runs), "--out", str(out)]
+    _cell(runs, "gsm8k-plain-s0", {"plain-test": ("gsm8k", ["1 + 1 = 2"])}, ["1 + 1 = 2. The answer is 2"])
+    subprocess.run(bench, check=True, capture_output=True)
+    shutil.rmtree(runs / "gsm8k-plain-s0")
+    # a multi-rationale method: a second training set, with a wrong equation in one of its two rationales
+    _cell(runs, "gsm8k-scotd-s0", {"scotd-test": ("gsm8k", ["2 + 2 = 5"])},
+          ["1 + 1 = 2. The answer is 2", "1 + 1 = 3. The answer is 2"], "scotd")
+    subprocess.run(bench + ["--merge"], check=True, capture_output=True)
+    res = json.loads(out.with_suffix(".json").read_text())
+    assert res["kept_from_previous_report"] == ["gsm8k-plain-s0"]
+    assert res["aggregate"]["plain"]["gsm8k"]["equations_true_pct"] == 100.0
+    assert res["aggregate"]["scotd"]["gsm8k"]["equations_true_pct"] == 0.0
+    sets = sorted(res["teacher_rationales"]["gsm8k"], key=lambda t: t["n"])
+    assert [(t["n"], t["methods"], t["equations_true_pct"]) for t in sets] == [(1, ["plain"], 100.0),
+                                                                             (2, ["scotd"], 50.0)]
+    assert "Kept from the previous report (run folders gone): gsm8k-plain-s0." in out.with_suffix(".md").read_text()
+    subprocess.run(bench, check=True, capture_output=True)  # without --merge the gone cell is dropped
+    assert "plain" not in json.loads(out.with_suffix(".json").read_text())["aggregate"]
