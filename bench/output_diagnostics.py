@@ -104,10 +104,6 @@ def merge_previous(path: Path, rows: list[dict], teacher: dict) -> list[str]:
             for r in old.get("evaluations", []) if r["cell"] not in have]
     rows.extend(kept)
     for dataset, sets in old.get("teacher_rationales", {}).items():
-        if isinstance(sets, dict):  # older reports held one set per dataset, that of their (single-rationale) cells
-            methods = sorted({r["method"] for r in kept if r["method"] != ZERO_SHOT
-                              and CELL.match(r["cell"])["dataset"] == dataset})
-            sets = [{**sets, "methods": methods}]
         for stats in sets:
             add_teacher_set(teacher[dataset], stats, None)
     return sorted({r["cell"] for r in kept})
