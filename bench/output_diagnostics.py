@@ -1,5 +1,6 @@
 """What the students of an experiment write, per method and evaluated dataset (mean over seeds): equations per
-answer, the share of them that is arithmetically true, answers with every equation true, output length. Beside
+answer, the share of them that is arithmetically true, answers with every equation true, output length, answers that
+end with the answer sentence and answers cut off by the generation limit. Beside
 them, the same for the teacher rationales each student was trained on, and for cells with a progressive schedule
 the epochs in which a rationale's opening step is trained on (a plain run trains on it every epoch). Reads the
 cells' files only: no model is run. See kpod.evaluation.diagnostics for what counts as an equation.
@@ -25,13 +26,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from kpod.data.records import read_jsonl  # noqa: E402
 from kpod.evaluation.diagnostics import check_equations, diagnose_file  # noqa: E402
 from kpod.evaluation.evaluate import git_commit, machine  # noqa: E402
 from kpod.experiment import ZERO_SHOT, column_of  # noqa: E402
 
 CELL = re.compile(r"^(?P<dataset>[^-]+)-(?P<method>.+)-s(?P<seed>\d+)$")
 SHOWN = ("correct", "equations_per_answer", "equations_true_pct", "answers_all_equations_true_pct",
-         "mean_output_chars", "opening_step_epochs")
+         "mean_output_chars", "answer_sentence_pct", "cut_off_pct", "opening_step_epochs")
 
 
 def teacher_rationales(cell: Path) -> dict | None:
@@ -39,7 +41,7 @@ def teacher_rationales(cell: Path) -> dict | None:
     path = cell / "data" / "rationales.jsonl"
     if not path.exists():
         return None
-    texts = [json.loads(line)["rationale"] for line in path.read_text().splitlines() if line.strip()]
+    texts = [row["rationale"] for _, row in read_jsonl(path)]
     checks = [check_equations(t) for t in texts]
     total = sum(n for _, n in checks)
     return {"n": len(texts), "equations_per_answer": round(total / len(texts), 2),
@@ -117,7 +119,7 @@ def aggregate(rows: list[dict]) -> dict:
     out: dict = defaultdict(dict)
     for (method, column), by_seed in groups.items():
         runs = list(by_seed.values()) if method != ZERO_SHOT else list(by_seed.values())[:1]
-        stats = {k: round(statistics.mean(v), 2) if (v := [r[k] for r in runs if r[k] is not None]) else None
+        stats = {k: round(statistics.mean(v), 2) if (v := [r[k] for r in runs if r.get(k) is not None]) else None
                  for k in SHOWN}
         out[method][column] = {**stats, "n": runs[0]["n"], "seeds": sorted(by_seed) if method != ZERO_SHOT else None}
     return out
@@ -126,25 +128,29 @@ def aggregate(rows: list[dict]) -> dict:
 def markdown(name: str, agg: dict, teacher: dict, kept: list[str]) -> str:
     lines = [f"# {name}: what the students write", "",
              "Mean over seeds. eq/ans: equations `a op b = c` per answer; true: share of them arithmetically right; "
-             "all true: answers with no wrong equation; chars: answer length; opening-step epochs: epochs in which "
+             "all true: answers with no wrong equation; chars: answer length; answer sentence: answers read after "
+             "\"Therefore, the answer is\" (or another answer trigger), as the training targets end; cut off: answers "
+             "that stop mid-sentence without one (the generation limit); opening-step epochs: epochs in which "
              "the schedule trains the student to write a rationale from its first step (plain: every epoch). "
              "See kpod.evaluation.diagnostics."
              + (f" Kept from the previous report (run folders gone): {', '.join(kept)}." if kept else ""), "",
-             "| method | column | correct | eq/ans | true % | all true % | chars | opening-step epochs | seeds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| method | column | correct | eq/ans | true % | all true % | chars | answer sentence % | cut off % "
+             "| opening-step epochs | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     fmt = lambda v, spec: "–" if v is None else format(v, spec)  # noqa: E731
     for method, cols in agg.items():
         for column, s in sorted(cols.items()):
             lines.append(f"| {method} | {column} | {s['correct']:g}/{s['n']} | {fmt(s['equations_per_answer'], '.2f')} | "
                          f"{fmt(s['equations_true_pct'], '.1f')} | {fmt(s['answers_all_equations_true_pct'], '.1f')} | "
-                         f"{fmt(s['mean_output_chars'], '.0f')} | {fmt(s['opening_step_epochs'], '.2f')} | "
+                         f"{fmt(s['mean_output_chars'], '.0f')} | {fmt(s.get('answer_sentence_pct'), '.1f')} | "
+                         f"{fmt(s.get('cut_off_pct'), '.1f')} | {fmt(s['opening_step_epochs'], '.2f')} | "
                          f"{s['seeds'] or 'one run (greedy)'} |")
     for dataset, sets in teacher.items():
         for t in sorted(sets, key=lambda t: t["n"]):
             trained = f" of {', '.join(sorted(t['methods']))}" if t["methods"] else ""
             lines.append(f"| teacher rationales (training{trained}) | {dataset} | – | "
                          f"{t['equations_per_answer']:.2f} | {fmt(t['equations_true_pct'], '.1f')} | "
-                         f"{t['answers_all_equations_true_pct']:.1f} | {t['mean_output_chars']:.0f} | – | "
+                         f"{t['answers_all_equations_true_pct']:.1f} | {t['mean_output_chars']:.0f} | – | – | – | "
                          f"{t['n']} rationales |")
     return "\n".join(lines) + "\n"
 

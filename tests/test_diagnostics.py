@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kpod.evaluation.diagnostics import chain_value, check_equations, diagnose_predictions
+from kpod.evaluation.diagnostics import chain_value, check_equations, diagnose_file, diagnose_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,8 +48,30 @@ def test_diagnose_predictions_summarises_an_evaluation():
     assert (d["n"], d["correct"], d["no_answer"], d["looks_truncated"]) == (3, 1, 1, 1)
     assert d["equations_per_answer"] == 1.0 and d["equations_true_pct"] == pytest.approx(66.7)
     assert d["answers_all_equations_true_pct"] == pytest.approx(66.7)  # the answer with no equation counts as clean
+    assert d["answer_sentence_pct"] is None and d["cut_off_pct"] is None  # not recorded by these rows
     with pytest.raises(ValueError):
         diagnose_predictions([])
+
+
+def test_diagnose_predictions_counts_answer_sentences_and_cut_off_answers():
+    rows = [{"output": "1 + 1 = 2. Therefore, the answer is 2.", "correct": True, "extracted": "2",
+             "source": "strict", "looks_truncated": False},
+            {"output": "1 + 1 = 2. To find the total, we add 1 + 1 = 2. To find the total, we", "correct": False,
+             "extracted": "2", "source": "flexible", "looks_truncated": True},
+            {"output": "So he has 2 apples.", "correct": True, "extracted": "2", "source": "flexible",
+             "looks_truncated": False},
+            {"output": "Nothing", "correct": False, "extracted": None, "source": None, "looks_truncated": False}]
+    d = diagnose_predictions(rows)
+    assert d["answer_sentence_pct"] == 25.0 and d["cut_off_pct"] == 25.0
+
+
+def test_diagnose_file_keeps_unicode_line_separators_inside_answers(tmp_path):
+    # A raw U+2028 (as GPT-3.5 rationales have) ends a line for str.splitlines() but not for JSON Lines.
+    path = tmp_path / "predictions.jsonl"
+    path.write_text(json.dumps({"output": "1 + 1 = 2\u2028so 2", "correct": True, "extracted": "2"},
+                               ensure_ascii=False) + "\n", encoding="utf-8")
+    assert "\u2028" in path.read_text(encoding="utf-8")
+    assert diagnose_file(path)["equations_true_pct"] == 100.0
 
 
 def _cell(runs: Path, name: str, evals: dict[str, tuple[str, list[str]]], rationales: list[str],
@@ -66,7 +88,8 @@ def _cell(runs: Path, name: str, evals: dict[str, tuple[str, list[str]]], ration
         (cell / "eval" / ev).mkdir(parents=True)
         (cell / "eval" / ev / "results.json").write_text(json.dumps({"dataset": dataset, "split": "test"}))
         (cell / "eval" / ev / "predictions.jsonl").write_text("".join(
-            json.dumps({"output": o, "correct": False, "extracted": "1"}) + "\n" for o in outputs))
+            json.dumps({"output": o, "correct": False, "extracted": "1", "looks_truncated": o.endswith(" we"),
+                        "source": "strict" if "answer is" in o else "flexible"}) + "\n" for o in outputs))
 
 
 def test_bench_tabulates_an_experiment(tmp_path):
@@ -74,7 +97,8 @@ def test_bench_tabulates_an_experiment(tmp_path):
     teacher = ["1 + 1 = 2. The answer is 2"]
     _cell(runs, "gsm8k-plain-s0", {"plain-test": ("gsm8k", ["1 + 1 = 2", "1 + 1 = 3"]),
                                    "zero-shot-asdiv-test": ("asdiv", ["2 * 2 = 4"])}, teacher)
-    _cell(runs, "gsm8k-plain-s1", {"plain-test": ("gsm8k", ["1 + 1 = 2", "1 + 1 = 2"])}, teacher)
+    _cell(runs, "gsm8k-plain-s1", {"plain-test": ("gsm8k", ["1 + 1 = 2. The answer is 2", "1 + 1 = 2 so we"])},
+          teacher)
     # Two stages of one epoch each: the first gives example 0 a leading step, so its opening is trained in 1 of 2.
     _cell(runs, "gsm8k-kpod-s0", {"kpod-test": ("gsm8k", ["1"])}, teacher, "kpod", [[1, 0], [0, 0]])
     (runs / "gsm8k-kpod-s1").mkdir()  # unfinished: no summary.json, left out
@@ -86,6 +110,7 @@ def test_bench_tabulates_an_experiment(tmp_path):
     assert plain["seeds"] == [0, 1] and plain["equations_true_pct"] == 75.0  # mean of 50 % and 100 %
     assert plain["opening_step_epochs"] == 2.0 and res["aggregate"]["kpod"]["gsm8k"]["opening_step_epochs"] == 1.5
     assert res["aggregate"]["kpod"]["gsm8k"]["seeds"] == [0]
+    assert (plain["answer_sentence_pct"], plain["cut_off_pct"]) == (25.0, 25.0)  # means of 0 and 50 % each
     assert res["aggregate"]["zero_shot"]["asdiv (from gsm8k)"]["equations_per_answer"] == 1.0
     (gsm8k_rationales,) = res["teacher_rationales"]["gsm8k"]  # one training set, shared by both methods
     assert gsm8k_rationales["equations_true_pct"] == 100.0 and sorted(gsm8k_rationales["methods"]) == ["kpod", "plain"]
@@ -98,6 +123,10 @@ def test_bench_merge_keeps_cells_whose_run_folders_are_gone(tmp_path):
     _cell(runs, "gsm8k-plain-s0", {"plain-test": ("gsm8k", ["1 + 1 = 2"])}, ["1 + 1 = 2. The answer is 2"])
     subprocess.run(bench, check=True, capture_output=True)
     shutil.rmtree(runs / "gsm8k-plain-s0")
+    report = json.loads(out.with_suffix(".json").read_text())  # as written before the answer-sentence columns
+    for row in report["evaluations"]:
+        del row["answer_sentence_pct"], row["cut_off_pct"]
+    out.with_suffix(".json").write_text(json.dumps(report))
     # a multi-rationale method: a second training set, with a wrong equation in one of its two rationales
     _cell(runs, "gsm8k-scotd-s0", {"scotd-test": ("gsm8k", ["2 + 2 = 5"])},
           ["1 + 1 = 2. The answer is 2", "1 + 1 = 3. The answer is 2"], "scotd")
@@ -106,6 +135,8 @@ def test_bench_merge_keeps_cells_whose_run_folders_are_gone(tmp_path):
     assert res["kept_from_previous_report"] == ["gsm8k-plain-s0"]
     assert res["aggregate"]["plain"]["gsm8k"]["equations_true_pct"] == 100.0
     assert res["aggregate"]["scotd"]["gsm8k"]["equations_true_pct"] == 0.0
+    assert res["aggregate"]["plain"]["gsm8k"]["answer_sentence_pct"] is None  # unknown for the kept row, not 0
+    assert res["aggregate"]["scotd"]["gsm8k"]["answer_sentence_pct"] == 0.0
     sets = sorted(res["teacher_rationales"]["gsm8k"], key=lambda t: t["n"])
     assert [(t["n"], t["methods"], t["equations_true_pct"]) for t in sets] == [(1, ["plain"], 100.0),
                                                                              (2, ["scotd"], 50.0)]

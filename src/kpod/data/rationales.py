@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 
 from kpod.data.answers import answers_match, extract_answer, normalize_gold
 from kpod.data.datasets import default_data_dir, load_split
-from kpod.data.records import DataError, Question, Rationale
+from kpod.data.records import DataError, Question, Rationale, read_jsonl
 
 RUN_ON = re.compile(r"\n\s*\nQ:|\nQ:")
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -63,7 +63,7 @@ def _gpt35(dataset: str, data_dir: Path) -> Iterator[RawRationale]:
 def _palm(dataset: str, data_dir: Path) -> Iterator[RawRationale]:
     base = data_dir / "rationales/palm-dss"
     if dataset == "csqa":
-        items = [json.loads(line) for line in (base / "cqa/cqa_train.json").read_text().splitlines() if line.strip()]
+        items = [row for _, row in read_jsonl(base / "cqa/cqa_train.json")]
         texts = [t for k in range(10) for t in _json(base / f"cqa/llm/train_CoT_{k}.json")]
         if len(texts) != len(items):
             raise DataError(f"{base}/cqa: {len(texts)} rationales for {len(items)} questions; files do not align")
@@ -71,7 +71,7 @@ def _palm(dataset: str, data_dir: Path) -> Iterator[RawRationale]:
             yield RawRationale(RUN_ON.split(text)[0], question_id=item["id"])
     else:  # svamp: both DSS files; anything not in KPOD train is counted and dropped by the caller
         for part, llm_files in (("train", ["train_CoT_0", "train_CoT_1"]), ("test", ["test_CoT_0"])):
-            items = [json.loads(line) for line in (base / f"svamp/svamp_{part}.json").read_text().splitlines() if line.strip()]
+            items = [row for _, row in read_jsonl(base / f"svamp/svamp_{part}.json")]
             texts = [t for name in llm_files for t in _json(base / f"svamp/llm/{name}.json")]
             for item, text in zip(items, texts):
                 yield RawRationale(RUN_ON.split(text)[0], question_text=item["input"], meta={"dss_file": part})

@@ -1,6 +1,7 @@
 """What a student's answers look like beyond right or wrong: how many equations it writes and how many of them are
-arithmetically true, how long it runs on, how often no answer is found. Read from the `predictions.jsonl` that every
-evaluation writes, so it costs no model calls; `bench/output_diagnostics.py` tabulates it over an experiment.
+arithmetically true, how long it runs on, how often it ends with the answer sentence it was trained to write, how
+often no answer is found. Read from the `predictions.jsonl` that every evaluation writes, so it costs no model calls;
+`bench/output_diagnostics.py` tabulates it over an experiment.
 
 An "equation" is a written chain of numbers and operations with its result, `a op b [op c ...] = r` (op one of
 + - * / x ×; thousands separators and $ dropped). It is true when r equals the chain's value, with the usual
@@ -10,10 +11,11 @@ not counted; the same rule applies to every method compared.
 
 from __future__ import annotations
 
-import json
 import re
 import statistics
 from pathlib import Path
+
+from kpod.data.records import read_jsonl
 
 NUMBER = r"-?\d+(?:\.\d+)?"
 EQUATION = re.compile(rf"(?<![\d.)])({NUMBER}(?:\s*[-+*/x×]\s*{NUMBER})+)\s*=\s*({NUMBER})(?![\d(])")
@@ -71,10 +73,19 @@ def diagnose_predictions(rows: list[dict]) -> dict:
         "mean_output_chars": round(statistics.mean(len(r["output"]) for r in rows), 1),
         "no_answer": sum(r.get("extracted") is None for r in rows),
         "looks_truncated": sum(bool(r.get("looks_truncated")) for r in rows),
+        # Answers read after an answer trigger ("Therefore, the answer is"), as the training targets end, and answers
+        # cut off mid-sentence without one (a run-on that hit the generation limit). None for predictions written
+        # before evaluation recorded how it read each answer.
+        "answer_sentence_pct": _pct(rows, lambda r: r["source"] == "strict", "source"),
+        "cut_off_pct": _pct(rows, lambda r: bool(r["looks_truncated"]), "looks_truncated"),
     }
 
 
+def _pct(rows: list[dict], test, field: str) -> float | None:
+    if any(field not in r for r in rows):
+        return None
+    return round(100.0 * sum(map(test, rows)) / len(rows), 1)
+
+
 def diagnose_file(path: str | Path) -> dict:
-    path = Path(path)
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return diagnose_predictions(rows)
+    return diagnose_predictions([row for _, row in read_jsonl(path)])
