@@ -1,9 +1,9 @@
 """What the students of an experiment write, per method and evaluated dataset (mean over seeds): equations per
 answer, the share of them that is arithmetically true, answers with every equation true, output length, answers that
-end with the answer sentence and answers cut off by the generation limit. Beside
-them, the same for the teacher rationales each student was trained on, and for cells with a progressive schedule
-the epochs in which a rationale's opening step is trained on (a plain run trains on it every epoch). Reads the
-cells' files only: no model is run. See kpod.evaluation.diagnostics for what counts as an equation.
+end with the answer sentence and answers cut off by the generation limit. Beside them, the same for the teacher
+rationales each student was trained on, and for cells with a progressive schedule the epochs in which a rationale's
+opening step is trained on (a plain run trains on it every epoch). Reads the cells' files only: no model is run.
+See kpod.evaluation.diagnostics for what counts as an equation.
 
     python bench/output_diagnostics.py runs/ood-gsm8k-cpu --out results/ood-gsm8k-cpu-diagnostics [--merge]
 
