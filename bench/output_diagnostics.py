@@ -142,8 +142,8 @@ def markdown(name: str, agg: dict, teacher: dict, kept: list[str]) -> str:
         for column, s in sorted(cols.items()):
             lines.append(f"| {method} | {column} | {s['correct']:g}/{s['n']} | {fmt(s['equations_per_answer'], '.2f')} | "
                          f"{fmt(s['equations_true_pct'], '.1f')} | {fmt(s['answers_all_equations_true_pct'], '.1f')} | "
-                         f"{fmt(s['mean_output_chars'], '.0f')} | {fmt(s.get('answer_sentence_pct'), '.1f')} | "
-                         f"{fmt(s.get('cut_off_pct'), '.1f')} | {fmt(s['opening_step_epochs'], '.2f')} | "
+                         f"{fmt(s['mean_output_chars'], '.0f')} | {fmt(s['answer_sentence_pct'], '.1f')} | "
+                         f"{fmt(s['cut_off_pct'], '.1f')} | {fmt(s['opening_step_epochs'], '.2f')} | "
                          f"{s['seeds'] or 'one run (greedy)'} |")
     for dataset, sets in teacher.items():
         for t in sorted(sets, key=lambda t: t["n"]):
