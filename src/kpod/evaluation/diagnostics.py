@@ -72,7 +72,9 @@ def diagnose_predictions(rows: list[dict]) -> dict:
         "answers_all_equations_true_pct": round(100.0 * sum(t == m for t, m in checks) / n, 1),
         "mean_output_chars": round(statistics.mean(len(r["output"]) for r in rows), 1),
         "no_answer": sum(r.get("extracted") is None for r in rows),
-        "looks_truncated": sum(bool(r.get("looks_truncated")) for r in rows),
+        # None, like cut_off_pct, when some rows predate the field: a count of the rest would under-state it.
+        "looks_truncated": (None if any("looks_truncated" not in r for r in rows)
+                            else sum(bool(r["looks_truncated"]) for r in rows)),
         # Answers read after an answer trigger ("Therefore, the answer is"), as the training targets end, and answers
         # cut off mid-sentence without one (a run-on that hit the generation limit). None for predictions written
         # before evaluation recorded how it read each answer.
