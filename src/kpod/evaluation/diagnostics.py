@@ -73,8 +73,7 @@ def diagnose_predictions(rows: list[dict]) -> dict:
         "mean_output_chars": round(statistics.mean(len(r["output"]) for r in rows), 1),
         "no_answer": sum(r.get("extracted") is None for r in rows),
         # None, like cut_off_pct, when some rows predate the field: a count of the rest would under-state it.
-        "looks_truncated": (None if any("looks_truncated" not in r for r in rows)
-                            else sum(bool(r["looks_truncated"]) for r in rows)),
+        "looks_truncated": _count(rows, lambda r: bool(r["looks_truncated"]), "looks_truncated"),
         # Answers read after an answer trigger ("Therefore, the answer is"), as the training targets end, and answers
         # cut off mid-sentence without one (a run-on that hit the generation limit). None for predictions written
         # before evaluation recorded how it read each answer.
@@ -83,10 +82,16 @@ def diagnose_predictions(rows: list[dict]) -> dict:
     }
 
 
-def _pct(rows: list[dict], test, field: str) -> float | None:
+def _count(rows: list[dict], test, field: str) -> int | None:
+    """Rows passing `test`; None when some row lacks `field` (written before evaluation recorded it)."""
     if any(field not in r for r in rows):
         return None
-    return round(100.0 * sum(map(test, rows)) / len(rows), 1)
+    return sum(map(test, rows))
+
+
+def _pct(rows: list[dict], test, field: str) -> float | None:
+    count = _count(rows, test, field)
+    return None if count is None else round(100.0 * count / len(rows), 1)
 
 
 def diagnose_file(path: str | Path) -> dict:
