@@ -215,3 +215,29 @@ def test_kpod_variants_of_one_seed_share_weights_and_difficulty(tmp_path, tiny_l
     # What was reused is what the run computes on its own.
     assert main(["run", str(path), "--no-progress", "--run-dir", str(tmp_path / "own"), "--set", "kpod.beta=0"]) == 0
     assert artefacts("own") == artefacts("kpod")
+
+
+def test_token_weighting_runs_on_the_run_device(tmp_path, tiny_llama_dir, monkeypatch):
+    """The weighting stage's frozen copy of the student goes to the run's device (a GPU where there is one), like the
+    student itself; loaded and left on the CPU, the mask learning ran there even on a GPU machine."""
+    import torch
+
+    import kpod.curriculum.stages as stages
+    import kpod.distributed as dist
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def record_device(tokenizer, examples, questions, predictor, *args, **kwargs):
+        seen["device"] = next(predictor.parameters()).device
+        raise Stop
+
+    # "meta" stands for a device other than the CPU the student is loaded on; the stage is stopped before it computes.
+    monkeypatch.setattr(dist, "device", lambda: torch.device("meta"))
+    monkeypatch.setattr(stages, "run_weighting", record_device)
+    path = _config(tmp_path, tiny_llama_dir, train={"method": "kpod"})
+    with pytest.raises(Stop):
+        main(["run", str(path), "--no-progress"])
+    assert seen["device"].type == "meta"

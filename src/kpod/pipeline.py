@@ -308,6 +308,7 @@ class Pipeline:
         def work():
             torch.manual_seed(cfg.seed)
             predictor, _ = load_student(cfg.student.name)  # a separate copy: the student stays un-distilled
+            predictor = predictor.to(dist.device())  # on a GPU machine the mask learning runs there, not on the CPU
             ks.run_weighting(tokenizer, examples, questions, predictor, cfg.kpod, self.paths.weighting_dir,
                              self.progress)
 
