@@ -403,3 +403,19 @@ def test_real_student_as_embedding_and_predictor():
     assert all(((w > 0) & (w < 1)).all() for w in weights) and np.isfinite(stats["loss"]).all()
     assert torch.equal(model.get_input_embeddings().weight, before)
     assert "".join(token_strings(tok, examples[0].rationale_ids)) == items[0][1]
+
+
+def test_mask_vector_starts_at_the_mean_input_the_model_reads():
+    """A layer that scales its rows on the way out (as Gemma's does) starts the mask vector at the mean of its
+    outputs, not of its table; a plain nn.Embedding at its table's mean."""
+    from kpod.weighting.train import mean_input_embedding
+
+    class ScaledEmbedding(nn.Embedding):
+        def forward(self, ids):
+            return super().forward(ids) * 25.0
+
+    torch.manual_seed(0)
+    plain, scaled = nn.Embedding(50, 8), ScaledEmbedding(50, 8)
+    scaled.weight.data.copy_(plain.weight.data)
+    assert torch.equal(mean_input_embedding(plain), plain.weight.mean(dim=0))
+    assert torch.allclose(mean_input_embedding(scaled, chunk=7), 25.0 * plain.weight.mean(dim=0), atol=1e-5)

@@ -99,6 +99,23 @@ def _forward_logits_fn(predictor: nn.Module):
     return forward
 
 
+@torch.no_grad()
+def mean_input_embedding(embedding: nn.Module, chunk: int = 16384) -> torch.Tensor:
+    """The mean, over the vocabulary, of what the embedding layer hands the model (float32, [D]).
+
+    Not the table's mean: some layers scale their rows on the way out (Gemma's by sqrt(hidden size), about 25 for
+    Gemma 3 270M), and an "average token" at the table's scale would be far smaller than every real input.
+    """
+    weight = embedding.weight
+    if type(embedding) is nn.Embedding:  # rows come out as stored
+        return weight.detach().float().mean(dim=0)
+    total = torch.zeros(weight.shape[1], dtype=torch.float64, device=weight.device)
+    for start in range(0, weight.shape[0], chunk):
+        ids = torch.arange(start, min(start + chunk, weight.shape[0]), device=weight.device)
+        total += embedding(ids).double().sum(dim=0)
+    return (total / weight.shape[0]).float()
+
+
 def weighting_loss(
     answer_nll_per_row: torch.Tensor,
     keep: torch.Tensor,
@@ -155,7 +172,7 @@ def fit_weighting_module(
         trainable = list(module.parameters())
         if config.mask_representation in ("mask_embedding", "drop"):
             # Start at the mean embedding: an "average token" the predictor can already read.
-            mask_vector = nn.Parameter(token_embedding.weight.detach().float().mean(dim=0).clone())
+            mask_vector = nn.Parameter(mean_input_embedding(token_embedding))
             trainable.append(mask_vector)
         predictor_params = [p for p in predictor.parameters() if p.requires_grad]
         groups = [{"params": trainable, "lr": config.lr}]
