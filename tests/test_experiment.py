@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 import statistics
+import time
 from pathlib import Path
 
 import pytest
@@ -266,6 +267,36 @@ def test_a_cell_runs_in_its_own_process(tmp_path, tiny_llama_dir):
     assert json.loads((cell / "experiment-cell.json").read_text())["status"] == "done"
     assert "accuracy" in (cell / "experiment.log").read_text()
     assert yaml.safe_load((cell / "config.yaml").read_text())["seed"] == 3
+
+
+def test_cells_run_side_by_side_with_jobs(tmp_path, tiny_llama_dir):
+    """--jobs 3: the three cells run at once, each its own process. The two KPOD variants of one seed share their
+    token weights through the stage cache: one publishes the entry whole, the other leaves it, no half-copied or
+    temporary entry stays, and both train on the same weights."""
+    kpod_small = {"kpod.weighting.max_steps": 3, "kpod.weighting.hidden_size": 16,
+                  "kpod.weighting.mlp_hidden_size": 16, "kpod.clusters": 2}
+    path = _experiment(tmp_path, tiny_llama_dir, {"plain": {}, "kpod": {"overrides": kpod_small},
+                                                  "no_div": {"overrides": {"train.method": "kpod", "kpod.beta": 0,
+                                                                           **kpod_small}}},
+                       seeds=(0,), runner="subprocess")
+    args = ["experiment", str(path), "--runs-root", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"),
+            "--device", "cpu", "--no-progress"]
+    assert main(args + ["--jobs", "0"]) == 2  # a clear error, nothing run
+    assert not (tmp_path / "runs").exists()
+    assert main(args + ["--jobs", "3"]) == 0
+    grid = tmp_path / "runs" / "tiny-grid"
+    markers = [json.loads((grid / f"svamp-{m}-s0" / "experiment-cell.json").read_text()) for m in ("plain", "kpod", "no_div")]
+    assert [m["status"] for m in markers] == ["done"] * 3
+    finished = [time.mktime(time.strptime(m["finished"], "%Y-%m-%d %H:%M:%S")) for m in markers]
+    starts = [f - m["wall_s"] for f, m in zip(finished, markers)]
+    assert max(starts) < min(finished)  # every cell started before any ended
+    entries = list((grid / "stage-cache" / "weigh").iterdir())
+    assert len(entries) == 1 and (entries[0] / "complete").exists()
+    weights = [(grid / f"svamp-{m}-s0" / "weighting" / "weights.jsonl").read_text() for m in ("kpod", "no_div")]
+    assert weights[0] == weights[1]
+    assert not list((grid / "stage-cache").glob("*/*.tmp-*"))
+    out = json.loads((tmp_path / "results" / "tiny-grid.json").read_text())
+    assert [c["status"] for c in out["cells"]] == ["done"] * 3
 
 
 def test_out_of_distribution_evaluation(tmp_path, tiny_llama_dir, shared_data):

@@ -164,7 +164,7 @@ def cmd_experiment(args) -> int:
     out = run_experiment(args.config, runs_root=args.runs_root, results_dir=args.results_dir, runner=args.runner,
                          device=args.device, methods=args.method or None, seeds=args.seed or None,
                          dry_run=args.dry_run, report_only=args.report_only, fail_fast=args.fail_fast,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, jobs=args.jobs)
     if args.dry_run:
         for c in out["cells"]:
             state = ("done (kept from the report)" if c["kept_from_report"] else "done" if c["done"]
@@ -191,6 +191,8 @@ def _add_experiment_parser(sub) -> None:
     x.add_argument("--dry-run", action="store_true", help="list the cells and whether they are done; run nothing")
     x.add_argument("--report-only", action="store_true", help="run nothing, write the report of the finished cells")
     x.add_argument("--fail-fast", action="store_true", help="stop at the first failed cell")
+    x.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="run N cells at once, each its own process (several small students side by side on one GPU)")
     x.add_argument("--no-progress", action="store_true")
     x.set_defaults(fn=cmd_experiment)
 

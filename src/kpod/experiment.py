@@ -45,8 +45,10 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -591,11 +593,40 @@ def write_report(exp: ExperimentConfig, records: list[dict], results_dir: str | 
 
 
 # ----------------------------------------------------------------------------- the whole experiment
+def _run_cells(todo: list[Cell], runner: str, device: str, progress: bool, jobs: int, fail_fast: bool) -> list[dict]:
+    """Run the cells, `jobs` at a time, in order; after a failure under `fail_fast` no further cell starts."""
+    stop = threading.Event()
+
+    def one(k: int, cell: Cell) -> dict | None:
+        if stop.is_set():
+            return None
+        log.info("[%d/%d] %s: running", k, len(todo), cell.name)
+        record = run_cell(cell, runner, device, progress)
+        log.info("[%d/%d] %s: %s in %.0f s", k, len(todo), cell.name, record["status"], record["wall_s"])
+        if record["status"] == "failed":
+            log.error("%s failed: %s", cell.name, record["error"])
+            if fail_fast:
+                stop.set()
+        return record
+
+    if jobs == 1:  # in this thread: an in-process cell may need the main thread (signal handlers)
+        records = [one(k, cell) for k, cell in enumerate(todo, 1)]
+    else:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:  # the threads only wait: each cell is its own process
+            records = [f.result() for f in [pool.submit(one, k, cell) for k, cell in enumerate(todo, 1)]]
+    return [r for r in records if r is not None]
+
+
 def run_experiment(path: str | Path, *, runs_root: str | Path = "runs", results_dir: str | Path = "results",
                    runner: str | None = None, device: str | None = None, methods: list[str] | None = None,
                    seeds: list[int] | None = None, dry_run: bool = False, report_only: bool = False,
-                   fail_fast: bool = False, progress: bool = False) -> dict:
-    """Run the unfinished cells (optionally only some methods/seeds), then write the report over all cells."""
+                   fail_fast: bool = False, progress: bool = False, jobs: int = 1) -> dict:
+    """Run the unfinished cells (optionally only some methods/seeds), then write the report over all cells.
+
+    `jobs` > 1 runs that many cells at once, each in its own process (a large GPU runs several small students side by
+    side); they start seed by seed, so the first seed of every method comes first."""
+    if jobs < 1:
+        raise ConfigError(f"jobs must be >= 1, got {jobs}")
     exp = load_experiment(path)
     for m in methods or []:
         if m not in exp.methods:
@@ -620,15 +651,12 @@ def run_experiment(path: str | Path, *, runs_root: str | Path = "runs", results_
                      for c in cells if c.done_in_run_dir() and c.config.eval.zero_shot)
         if shared:
             log.info("%s: %d zero-shot evaluations of finished cells shared with the cells to run", exp.name, shared)
-        for k, cell in enumerate(todo, 1):
-            log.info("[%d/%d] %s: running", k, len(todo), cell.name)
-            record = run_cell(cell, runner or exp.runner, device or exp.device, progress)
-            ran.append(record)
-            log.info("[%d/%d] %s: %s in %.0f s", k, len(todo), cell.name, record["status"], record["wall_s"])
-            if record["status"] == "failed":
-                log.error("%s failed: %s", cell.name, record["error"])
-                if fail_fast:
-                    break
+        runner = runner or exp.runner
+        if jobs > 1 and runner != "subprocess":
+            raise ConfigError("jobs > 1 runs each cell in its own process: it needs runner 'subprocess'")
+        if jobs > 1:  # seed by seed, so that an interrupted grid has whole seeds of every method
+            todo = sorted(todo, key=lambda c: c.seed)
+        ran = _run_cells(todo, runner, device or exp.device, progress, jobs, fail_fast)
     out = write_report(exp, [read_cell(c) for c in cells], results_dir)
     out["ran"] = ran
     return out

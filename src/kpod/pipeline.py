@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from collections import defaultdict
@@ -284,7 +285,7 @@ class Pipeline:
             return
         shared.mkdir(parents=True, exist_ok=True)
         for f in ("predictions.jsonl", "results.json"):  # results.json last: it marks the entry complete
-            tmp = shared / f"{f}.tmp"
+            tmp = shared / f"{f}.tmp-{os.getpid()}"  # per process: seeds side by side share this entry
             tmp.write_bytes((self.paths.eval_dir(name) / f).read_bytes())
             tmp.replace(shared / f)
 
@@ -433,11 +434,21 @@ def _copy(src: Path, dst: Path) -> None:
 
 
 def _publish(output: Path, entry: Path) -> None:
-    """Copy a stage's output into its shared-cache entry; the `complete` file, written last, makes it usable (a run
-    killed while publishing leaves an entry that the next run recomputes and publishes again)."""
-    entry.mkdir(parents=True, exist_ok=True)
-    _copy(output, entry / output.name)
-    (entry / "complete").write_text(time.strftime("%Y-%m-%d %H:%M:%S"))
+    """Copy a stage's output into its shared-cache entry, marked usable by its `complete` file. The copy is made in a
+    folder of this process and renamed into place, so that runs side by side (`kpod experiment --jobs`) never read a
+    half-copied entry: the first to finish publishes, and the others, with the same output, leave it as it is."""
+    if (entry / "complete").exists():
+        return
+    tmp = entry.with_name(f"{entry.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _copy(output, tmp / output.name)
+    (tmp / "complete").write_text(time.strftime("%Y-%m-%d %H:%M:%S"))
+    if entry.exists() and not (entry / "complete").exists():  # what a run killed while publishing left
+        shutil.rmtree(entry, ignore_errors=True)
+    try:
+        tmp.rename(entry)
+    except OSError:  # another run published it first
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def method_label(cfg: RunConfig) -> str:
