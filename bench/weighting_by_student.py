@@ -9,6 +9,7 @@ training rationales (GPT-3.5, first sample of each question):
    for every token: the module learned a constant, not which tokens matter).
 
     python bench/weighting_by_student.py --students smollm2-135m-instruct gemma3-270m   # results/weighting_by_student.*
+    python bench/weighting_by_student.py --students gemma3-270m --weighting lr=0.001 --out results/weighting_gemma_lr1e-3
 """
 
 from __future__ import annotations
@@ -68,12 +69,15 @@ def main() -> None:
     ap.add_argument("--rationales", type=int, default=96, help="first N training rationales (weighting)")
     ap.add_argument("--nll-rationales", type=int, default=24, help="first N of them for the answer NLL")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--weighting", action="append", default=[], metavar="KEY=VALUE",
+                    help="a kpod.weighting setting other than the default, e.g. lr=0.001 (repeatable)")
     ap.add_argument("--out", default=str(ROOT / "results" / "weighting_by_student"))
     a = ap.parse_args()
+    changed = dict(kv.split("=", 1) for kv in a.weighting)
 
     questions = {q.id: q for q in load_split("svamp", "train")}
     rationales = [r for r in import_rationales("svamp", "gpt35")[0] if r.sample == 0][: a.rationales]
-    config = WeightingConfig(max_steps=30, seed=a.seed)
+    config = WeightingConfig.model_validate({"max_steps": 30, "seed": a.seed, **changed})
     rows = []
     for name in a.students:
         torch.manual_seed(a.seed)
@@ -105,7 +109,9 @@ def main() -> None:
     Path(a.out + ".json").write_text(json.dumps(out, indent=1))
     md = ["# Does the token weighting module tell a student's tokens apart?", "",
           f"SVAMP GPT-3.5 rationales (first {a.rationales}; answer NLL on the first {a.nll_rationales}), "
-          f"kpod.weighting defaults (30 steps of 8, alpha 0.5), seed {a.seed}; commit {out['commit']}, "
+          f"kpod.weighting defaults (30 steps of 8, alpha 0.5)"
+          + (f" except {', '.join(f'{k}={v}' for k, v in changed.items())}" if changed else "")
+          + f", seed {a.seed}; commit {out['commit']}, "
           f"{out['machine']['cpu']} ({out['machine']['cores']} cores). `bench/weighting_by_student.py`.", "",
           "| student | answer NLL: whole rationale | none | every token masked | keep ratio, steps 1 / 10 / 30 | "
           "final weights: mean | std | min | max | weighting s |", "|---|---|---|---|---|---|---|---|---|---|"]
