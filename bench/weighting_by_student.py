@@ -2,8 +2,9 @@
 training rationales (GPT-3.5, first sample of each question):
 
 1. How much the frozen student uses the rationale: the summed answer NLL through the weighting predictor's input
-   path (inputs_embeds from the student's embedding layer) with the whole rationale, with none, and with every token
-   replaced by the mask vector at its starting value.
+   path (inputs_embeds from the student's embedding layer) with the whole rationale, with none, with every token
+   replaced by the mask vector at its starting value, and with only the keypoints (digits and operators) replaced,
+   against as many randomly chosen words replaced: whether the answer hangs on the tokens the module should keep.
 2. What the module learns in the paper's setting (kpod.weighting defaults: 30 steps of 8 rationales, alpha 0.5): the
    keep ratio per step, and the spread of the final weights over the rationale tokens (a std of 0 means one weight
    for every token: the module learned a constant, not which tokens matter).
@@ -34,18 +35,38 @@ from kpod.distill.examples import encode_examples  # noqa: E402
 from kpod.evaluation.evaluate import git_commit, machine  # noqa: E402
 from kpod.models import load_student  # noqa: E402
 from kpod.weighting.batching import answer_nll, build_predictor_batch, pad_examples  # noqa: E402
+from kpod.weighting.summary import classify_token  # noqa: E402
 from kpod.weighting.train import fit_weighting_module, mean_input_embedding, predict_token_weights  # noqa: E402
 
 
+def keypoints_and_as_many_words(tok, batch, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks [N, L] (True = this token): the digits and operators of each rationale, and as many of its words drawn
+    at random (fewer where a rationale has fewer words)."""
+    classes = [[classify_token(tok.convert_ids_to_tokens(int(t))) for t in row] for row in batch.rationale]
+    real = torch.arange(batch.rationale.shape[1])[None, :] < batch.rationale_lengths[:, None]
+    keypoints = torch.tensor([[c in ("digit", "operator") for c in row] for row in classes]) & real
+    words = torch.tensor([[c in ("other_word", "cue_word") for c in row] for row in classes]) & real
+    drawn = torch.zeros_like(keypoints)
+    rng = torch.Generator().manual_seed(seed)
+    for r in range(len(drawn)):
+        candidates = words[r].nonzero().flatten()
+        chosen = candidates[torch.randperm(len(candidates), generator=rng)[: int(keypoints[r].sum())]]
+        drawn[r, chosen] = True
+    return keypoints, drawn
+
+
 @torch.no_grad()
-def rationale_use(model, examples, cue: torch.Tensor, config: WeightingConfig, chunk: int = 4) -> dict:
+def rationale_use(model, tok, examples, cue: torch.Tensor, config: WeightingConfig, chunk: int = 4) -> dict:
     batch = pad_examples(examples, config)
     emb = model.get_input_embeddings()
     mask_vector = mean_input_embedding(emb)
     full = torch.ones_like(batch.rationale, dtype=torch.float32)
+    keypoints, words = keypoints_and_as_many_words(tok, batch, config.seed)
     settings = {"whole rationale": (batch.rationale_lengths, full),
                 "no rationale": (torch.zeros_like(batch.rationale_lengths), full),
-                "every token masked": (batch.rationale_lengths, torch.zeros_like(full))}
+                "every token masked": (batch.rationale_lengths, torch.zeros_like(full)),
+                "digits and operators masked": (batch.rationale_lengths, (~keypoints).float()),
+                "as many words masked": (batch.rationale_lengths, (~words).float())}
     out = {}
     for name, (prefix, keep) in settings.items():
         inputs = build_predictor_batch(batch, keep, prefix[:, None], emb, cue, "mask_embedding", mask_vector)
@@ -60,6 +81,7 @@ def rationale_use(model, examples, cue: torch.Tensor, config: WeightingConfig, c
     out["embedding scale"] = float(getattr(emb, "scalar_embed_scale", 1.0))
     out["mean |input embedding|"] = round(emb(batch.rationale[:1]).abs().mean().item(), 4)
     out["mean |mask vector start|"] = round(mask_vector.abs().mean().item(), 4)
+    out["keypoint tokens"] = int(keypoints.sum())
     return out
 
 
@@ -85,18 +107,23 @@ def main() -> None:
         model.eval()
         examples = weighting_examples(tok, encode_examples(tok, questions, rationales, progress=False)[0], questions)
         cue_ids = tok(ANSWER_CUE, add_special_tokens=False).input_ids
-        use = rationale_use(model, examples[: a.nll_rationales], torch.tensor(cue_ids), config)
+        use = rationale_use(model, tok, examples[: a.nll_rationales], torch.tensor(cue_ids), config)
         print(name, use, flush=True)
         t0 = time.time()
         fit = fit_weighting_module(examples, model.get_input_embeddings(), model, config, answer_cue_ids=cue_ids,
                                    progress=False)
-        weights = np.concatenate(predict_token_weights(fit.module, [e.rationale_ids for e in examples]))
+        per_rationale = predict_token_weights(fit.module, [e.rationale_ids for e in examples])
+        weights = np.concatenate(per_rationale)
+        is_keypoint = np.array([classify_token(tok.convert_ids_to_tokens(t)) in ("digit", "operator")
+                                for e in examples for t in e.rationale_ids])
         row = {"student": name, "answer_nll": use,
                "keep_ratio_per_step": [round(x, 3) for x in fit.stats["keep_ratio"]],
                "answer_loss_per_step": [round(x, 3) for x in fit.stats["answer_loss"]],
                "weights": {"tokens": int(weights.size), "mean": round(float(weights.mean()), 4),
                            "std": round(float(weights.std()), 4), "min": round(float(weights.min()), 4),
-                           "max": round(float(weights.max()), 4), "share_above_0.5": round(float((weights > 0.5).mean()), 4)},
+                           "max": round(float(weights.max()), 4), "share_above_0.5": round(float((weights > 0.5).mean()), 4),
+                           "keypoint_mean": round(float(weights[is_keypoint].mean()), 4),
+                           "other_mean": round(float(weights[~is_keypoint].mean()), 4)},
                "weighting_s": round(time.time() - t0, 1)}
         print(name, row["weights"], flush=True)
         rows.append(row)
@@ -113,14 +140,18 @@ def main() -> None:
           + (f" except {', '.join(f'{k}={v}' for k, v in changed.items())}" if changed else "")
           + f", seed {a.seed}; commit {out['commit']}, "
           f"{out['machine']['cpu']} ({out['machine']['cores']} cores). `bench/weighting_by_student.py`.", "",
-          "| student | answer NLL: whole rationale | none | every token masked | keep ratio, steps 1 / 10 / 30 | "
-          "final weights: mean | std | min | max | weighting s |", "|---|---|---|---|---|---|---|---|---|---|"]
+          "| student | answer NLL: whole rationale | none | every token masked | digits and operators masked | "
+          "as many words masked | keep ratio, steps 1 / 10 / last | final weights: mean | std | min | max | "
+          "digits and operators | other tokens | weighting s |", "|" + "---|" * 14]
     for r in rows:
         u, w, k = r["answer_nll"], r["weights"], r["keep_ratio_per_step"]
         md.append(f"| {r['student']} | {u['whole rationale']} | {u['no rationale']} | {u['every token masked']} | "
+                  f"{u['digits and operators masked']} | {u['as many words masked']} | "
                   f"{k[0]} / {k[min(9, len(k) - 1)]} / {k[-1]} | {w['mean']} | {w['std']} | {w['min']} | {w['max']} | "
-                  f"{r['weighting_s']} |")
-    md += ["", "A std of 0 means one weight for every token: the module learned a constant, not which tokens matter."]
+                  f"{w['keypoint_mean']} | {w['other_mean']} | {r['weighting_s']} |")
+    md += ["", "A std of 0 means one weight for every token: the module learned a constant, not which tokens matter. "
+           "Masked = the token's input embedding replaced by the mask vector at its start (the mean input embedding); "
+           "the answer NLL is summed over the answer tokens and averaged over the rationales."]
     Path(a.out + ".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

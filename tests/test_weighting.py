@@ -8,6 +8,7 @@ two digits in order. Only the digits matter, so a working module must keep them 
 from __future__ import annotations
 
 import html
+import logging
 import random
 
 import numpy as np
@@ -272,18 +273,25 @@ def test_default_settings_keep_digits_and_mask_filler(pretrained_predictor):
     assert all(torch.equal(v, after[k]) for k, v in before.items())  # frozen: the predictor is not trained
 
 
-def test_larger_alpha_masks_more(pretrained_predictor):
+def test_larger_alpha_masks_more(pretrained_predictor, caplog):
     examples = make_examples(128, seed=8)
-    mean_weight, keep_ratio = [], []
+    mean_weight, keep_ratio, constant, warned = [], [], [], []
     for alpha in (0.0, 0.5, 50.0):
         config = WeightingConfig(alpha=alpha, max_steps=60, predictor_mode="frozen")
-        weights, stats = train_token_weighting(
-            examples, pretrained_predictor.get_input_embeddings(), pretrained_predictor, config, CUE, progress=False
-        )
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="kpod.weighting.train"):
+            weights, stats = train_token_weighting(
+                examples, pretrained_predictor.get_input_embeddings(), pretrained_predictor, config, CUE, progress=False
+            )
         mean_weight.append(float(np.concatenate(weights).mean()))
         keep_ratio.append(stats["final_keep_ratio"])
+        assert stats["weight_std"] == pytest.approx(float(np.concatenate(weights).std()), abs=1e-6)
+        constant.append(stats["weights_nearly_constant"])
+        warned.append(any("nearly one constant" in r.getMessage() for r in caplog.records))
     assert mean_weight[0] > mean_weight[1] + 0.05 > mean_weight[2] + 0.1, mean_weight
     assert keep_ratio[0] > keep_ratio[1] + 0.05 > keep_ratio[2] + 0.1, keep_ratio
+    # alpha 50 masks every token alike (all at the lower bound): the run says so; alpha 0.5 separates digits.
+    assert constant[1:] == [False, True] and warned[1:] == [False, True], (constant, warned)
 
 
 def test_weights_are_deterministic_for_a_seed_and_the_caller_model_is_untouched():
@@ -348,6 +356,7 @@ def test_summary_classes_on_a_hand_built_row():
     summary = summarize_weights([hand_row(), hand_row("q2#0")], top_k=3, min_count=2)
     classes = summary["classes"]
     assert summary["num_rationales"] == 2 and summary["num_tokens"] == 30
+    assert summary["weight_std"] == pytest.approx(float(np.std(HAND_WEIGHTS * 2)))
     assert classes["digit"] == {"count": 8, "mean_weight": pytest.approx((0.9 + 0.7 + 1.0 + 0.9) / 4)}
     assert classes["operator"]["mean_weight"] == pytest.approx((0.8 + 0.6 + 0.5) / 3)
     assert classes["other_word"]["mean_weight"] == pytest.approx((0.1 + 0.2 + 0.3 + 0.1) / 4)

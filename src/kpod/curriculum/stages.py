@@ -62,7 +62,8 @@ def run_weighting(tokenizer, examples, questions, predictor, settings: KpodSetti
     ))
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=1, default=str))
     write_weighting_report(out_dir, seed=settings.weighting.seed)
-    log.info("weighting: %.0f s, mean weight %.3f", stats["wall_s"], stats.get("mean_weight", float("nan")))
+    log.info("weighting: %.0f s, mean weight %.3f, std %.3f", stats["wall_s"], stats.get("mean_weight", float("nan")),
+             stats.get("weight_std", float("nan")))
     return weights
 
 

@@ -57,7 +57,7 @@ def summarize_weights(
 
     Tokens are grouped by their stripped, lower-cased text; only texts seen at least `min_count` times
     rank among top and bottom. Returns a JSON-able dict:
-    {"num_rationales", "num_tokens", "mean_weight", "classes": {class: {"count", "mean_weight"}},
+    {"num_rationales", "num_tokens", "mean_weight", "weight_std", "classes": {class: {"count", "mean_weight"}},
      "top_tokens": [{"token", "class", "count", "mean_weight"}], "bottom_tokens": [...]}
     (a class with no token has count 0 and mean_weight None).
     """
@@ -65,6 +65,7 @@ def summarize_weights(
     class_count: dict[str, int] = defaultdict(int)
     token_sum: dict[str, float] = defaultdict(float)
     token_count: dict[str, int] = defaultdict(int)
+    square_sum = 0.0  # for the spread: a near-zero std means one weight for every token
     num_rationales = 0
     for raw in rows:
         row = as_weighted_rationale(raw)
@@ -73,11 +74,13 @@ def summarize_weights(
             cls = classify_token(text)
             class_sum[cls] += weight
             class_count[cls] += 1
+            square_sum += weight * weight
             key = readable_token(text).strip().lower()
             token_sum[key] += weight
             token_count[key] += 1
 
     total = sum(class_count.values())
+    mean = sum(class_sum.values()) / total if total else None
     frequent = [
         {"token": t, "class": classify_token(t), "count": n, "mean_weight": token_sum[t] / n}
         for t, n in token_count.items()
@@ -88,7 +91,8 @@ def summarize_weights(
     return {
         "num_rationales": num_rationales,
         "num_tokens": total,
-        "mean_weight": sum(class_sum.values()) / total if total else None,
+        "mean_weight": mean,
+        "weight_std": max(square_sum / total - mean * mean, 0.0) ** 0.5 if total else None,
         "classes": {
             c: {"count": class_count[c], "mean_weight": class_sum[c] / class_count[c] if class_count[c] else None}
             for c in TOKEN_CLASSES

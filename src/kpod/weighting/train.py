@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
 import math
 import time
 import warnings
@@ -46,6 +47,13 @@ from kpod.weighting.batching import (
 )
 from kpod.weighting.config import WeightingConfig, WeightingExample
 from kpod.weighting.module import TokenWeightingModule, gumbel_keep_mask, temperature_at
+
+log = logging.getLogger(__name__)
+
+# Below this spread over all rationale tokens the module has learned one weight for every token, not which tokens
+# matter (seen with Gemma 3 270M as predictor: std 0.000 at 0.986, or every token at the lower bound). The weighted
+# loss then scales all tokens alike, so a run should say so rather than go on as if KPOD's weights were in place.
+NEARLY_CONSTANT_WEIGHT_STD = 0.01
 
 
 class WeightingFit:
@@ -304,7 +312,17 @@ def train_token_weighting(
     )
     fit.stats["inference_seconds"] = time.perf_counter() - start
     nonempty = [w for w in weights if len(w)]
-    fit.stats["mean_weight"] = float(np.concatenate(nonempty).mean()) if nonempty else float("nan")
+    every_weight = np.concatenate(nonempty) if nonempty else np.zeros(0, dtype=np.float32)
+    fit.stats["mean_weight"] = float(every_weight.mean()) if every_weight.size else float("nan")
+    fit.stats["weight_std"] = float(every_weight.std()) if every_weight.size else float("nan")
+    fit.stats["weights_nearly_constant"] = bool(every_weight.size > 1 and fit.stats["weight_std"] < NEARLY_CONSTANT_WEIGHT_STD)
+    if fit.stats["weights_nearly_constant"]:
+        log.warning(
+            "token weights are nearly one constant (mean %.4f, std %.4f over %d tokens): the weighting module did not "
+            "tell rationale tokens apart, so the weighted loss scales every token alike. Look at the keep ratio per "
+            "step in stats.json; a predictor that barely reacts to masking single tokens gives the module no signal.",
+            fit.stats["mean_weight"], fit.stats["weight_std"], every_weight.size,
+        )
     return weights, fit.stats
 
 
