@@ -109,9 +109,20 @@ def main() -> None:
         cue_ids = tok(ANSWER_CUE, add_special_tokens=False).input_ids
         use = rationale_use(model, tok, examples[: a.nll_rationales], torch.tensor(cue_ids), config)
         print(name, use, flush=True)
+        # Trace the mean weight of keypoints and of the other tokens of the first 16 rationales after every step.
+        probe = [e.rationale_ids for e in examples[:16]]
+        probe_keypoint = np.array([classify_token(tok.convert_ids_to_tokens(t)) in ("digit", "operator")
+                                   for ids in probe for t in ids])
+        trace = {"keypoints": [], "other tokens": []}
+
+        def on_step(step, module):
+            w = np.concatenate(predict_token_weights(module, probe))
+            trace["keypoints"].append(round(float(w[probe_keypoint].mean()), 4))
+            trace["other tokens"].append(round(float(w[~probe_keypoint].mean()), 4))
+
         t0 = time.time()
         fit = fit_weighting_module(examples, model.get_input_embeddings(), model, config, answer_cue_ids=cue_ids,
-                                   progress=False)
+                                   progress=False, on_step=on_step)
         per_rationale = predict_token_weights(fit.module, [e.rationale_ids for e in examples])
         weights = np.concatenate(per_rationale)
         is_keypoint = np.array([classify_token(tok.convert_ids_to_tokens(t)) in ("digit", "operator")
@@ -119,6 +130,7 @@ def main() -> None:
         row = {"student": name, "answer_nll": use,
                "keep_ratio_per_step": [round(x, 3) for x in fit.stats["keep_ratio"]],
                "answer_loss_per_step": [round(x, 3) for x in fit.stats["answer_loss"]],
+               "mean_weight_per_step_first_16": trace,
                "weights": {"tokens": int(weights.size), "mean": round(float(weights.mean()), 4),
                            "std": round(float(weights.std()), 4), "min": round(float(weights.min()), 4),
                            "max": round(float(weights.max()), 4), "share_above_0.5": round(float((weights > 0.5).mean()), 4),
@@ -149,6 +161,12 @@ def main() -> None:
                   f"{u['digits and operators masked']} | {u['as many words masked']} | "
                   f"{k[0]} / {k[min(9, len(k) - 1)]} / {k[-1]} | {w['mean']} | {w['std']} | {w['min']} | {w['max']} | "
                   f"{w['keypoint_mean']} | {w['other_mean']} | {r['weighting_s']} |")
+    md += ["", "Mean weight of keypoints (digits and operators) / of the other tokens of the first 16 rationales after "
+           "steps 1, 3, 5, 10, 20 and the last:", ""]
+    for r in rows:
+        t = r["mean_weight_per_step_first_16"]
+        at = sorted({i for i in (0, 2, 4, 9, 19, len(t["keypoints"]) - 1) if i < len(t["keypoints"])})
+        md.append(f"- {r['student']}: " + ", ".join(f"{t['keypoints'][i]} / {t['other tokens'][i]}" for i in at))
     md += ["", "A std of 0 means one weight for every token: the module learned a constant, not which tokens matter. "
            "Masked = the token's input embedding replaced by the mask vector at its start (the mean input embedding); "
            "the answer NLL is summed over the answer tokens and averaged over the rationales."]

@@ -273,6 +273,23 @@ def test_default_settings_keep_digits_and_mask_filler(pretrained_predictor):
     assert all(torch.equal(v, after[k]) for k, v in before.items())  # frozen: the predictor is not trained
 
 
+def test_on_step_sees_every_joint_step_and_the_module_as_trained(pretrained_predictor):
+    examples = make_examples(32, seed=12)
+    probe = [examples[0].rationale_ids]
+    seen = []
+    config = WeightingConfig(max_steps=6, batch_size=8)
+
+    def trace(step, module):
+        assert not torch.is_grad_enabled()
+        seen.append((step, predict_token_weights(module, probe)[0]))
+
+    fit = fit_weighting_module(examples, pretrained_predictor.get_input_embeddings(), pretrained_predictor, config,
+                               CUE, progress=False, on_step=trace)
+    assert [step for step, _ in seen] == list(range(6))
+    assert not np.allclose(seen[0][1], seen[-1][1])  # the module moved between the first and the last step
+    np.testing.assert_allclose(seen[-1][1], predict_token_weights(fit.module, probe)[0])
+
+
 def test_larger_alpha_masks_more(pretrained_predictor, caplog):
     examples = make_examples(128, seed=8)
     mean_weight, keep_ratio, constant, warned = [], [], [], []

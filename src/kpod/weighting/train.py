@@ -31,6 +31,7 @@ import logging
 import math
 import time
 import warnings
+from typing import Callable
 
 import numpy as np
 import torch
@@ -158,8 +159,13 @@ def fit_weighting_module(
     config: WeightingConfig | None = None,
     answer_cue_ids: list[int] | tuple[int, ...] = (),
     progress: bool = True,
+    on_step: Callable[[int, TokenWeightingModule], None] | None = None,
 ) -> WeightingFit:
-    """Train the module jointly with the answer predictor (Eqs. 4-7); see the module docstring."""
+    """Train the module jointly with the answer predictor (Eqs. 4-7); see the module docstring.
+
+    on_step(step, module), if given, is called after every joint step (not the warm-up), e.g. to trace how the
+    weights of chosen tokens move; it runs outside autograd and must leave the module as it found it.
+    """
     config = config or WeightingConfig()
     usable = [e for e in examples if e.rationale_ids and e.answer_ids]  # nothing to weight or to score otherwise
     if not usable:
@@ -234,6 +240,9 @@ def fit_weighting_module(
             keep = gumbel_keep_mask(logits, tau, noise_rng, hard=config.hard_mask)
             loss, lp, lm = step(batch, keep, config.alpha)
             update(loss)
+            if on_step is not None:
+                with torch.no_grad():
+                    on_step(step_index, module)
             ratio = (keep.detach() * _length_mask(real, keep.shape[1])).sum() / real.sum()
             for name, value in (("loss", loss), ("answer_loss", lp), ("mask_loss", lm), ("keep_ratio", ratio)):
                 stats[name].append(value.item())
