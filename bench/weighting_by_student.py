@@ -39,12 +39,19 @@ from kpod.weighting.summary import classify_token  # noqa: E402
 from kpod.weighting.train import fit_weighting_module, mean_input_embedding, predict_token_weights  # noqa: E402
 
 
+KEYPOINT_CLASSES = ("digit", "operator")
+
+
+def token_classes(tok, ids) -> list[str]:
+    return [classify_token(tok.convert_ids_to_tokens(int(t))) for t in ids]
+
+
 def keypoints_and_as_many_words(tok, batch, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Masks [N, L] (True = this token): the digits and operators of each rationale, and as many of its words drawn
     at random (fewer where a rationale has fewer words)."""
-    classes = [[classify_token(tok.convert_ids_to_tokens(int(t))) for t in row] for row in batch.rationale]
+    classes = [token_classes(tok, row) for row in batch.rationale]
     real = torch.arange(batch.rationale.shape[1])[None, :] < batch.rationale_lengths[:, None]
-    keypoints = torch.tensor([[c in ("digit", "operator") for c in row] for row in classes]) & real
+    keypoints = torch.tensor([[c in KEYPOINT_CLASSES for c in row] for row in classes]) & real
     words = torch.tensor([[c in ("other_word", "cue_word") for c in row] for row in classes]) & real
     drawn = torch.zeros_like(keypoints)
     rng = torch.Generator().manual_seed(seed)
@@ -111,8 +118,7 @@ def main() -> None:
         print(name, use, flush=True)
         # Trace the mean weight of keypoints and of the other tokens of the first 16 rationales after every step.
         probe = [e.rationale_ids for e in examples[:16]]
-        probe_keypoint = np.array([classify_token(tok.convert_ids_to_tokens(t)) in ("digit", "operator")
-                                   for ids in probe for t in ids])
+        probe_keypoint = np.array([c in KEYPOINT_CLASSES for ids in probe for c in token_classes(tok, ids)])
         trace = {"keypoints": [], "other tokens": []}
 
         def on_step(step, module):
@@ -125,8 +131,7 @@ def main() -> None:
                                    progress=False, on_step=on_step)
         per_rationale = predict_token_weights(fit.module, [e.rationale_ids for e in examples])
         weights = np.concatenate(per_rationale)
-        is_keypoint = np.array([classify_token(tok.convert_ids_to_tokens(t)) in ("digit", "operator")
-                                for e in examples for t in e.rationale_ids])
+        is_keypoint = np.array([c in KEYPOINT_CLASSES for e in examples for c in token_classes(tok, e.rationale_ids)])
         row = {"student": name, "answer_nll": use,
                "keep_ratio_per_step": [round(x, 3) for x in fit.stats["keep_ratio"]],
                "answer_loss_per_step": [round(x, 3) for x in fit.stats["answer_loss"]],
