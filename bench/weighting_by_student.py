@@ -156,7 +156,7 @@ def main() -> None:
           f"kpod.weighting defaults (30 steps of 8, alpha 0.5)"
           + (f" except {', '.join(f'{k}={v}' for k, v in changed.items())}" if changed else "")
           + f", seed {a.seed}; commit {out['commit']}, "
-          f"{out['machine']['cpu']} ({out['machine']['cores']} cores). `bench/weighting_by_student.py`.", "",
+          f"{out['machine']['cpu']} ({out['machine']['cores']} cores, {out['machine']['torch_threads']} torch threads). `bench/weighting_by_student.py`.", "",
           "| student | answer NLL: whole rationale | none | every token masked | digits and operators masked | "
           "as many words masked | keep ratio, steps 1 / 10 / last | final weights: mean | std | min | max | "
           "digits and operators | other tokens | weighting s |", "|" + "---|" * 14]
