@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,12 @@ from kpod.evaluation.evaluate import git_commit, machine  # noqa: E402
 from kpod.models import load_student  # noqa: E402
 from kpod.weighting.batching import answer_nll, build_predictor_batch, pad_examples  # noqa: E402
 from kpod.weighting.summary import classify_token  # noqa: E402
-from kpod.weighting.train import fit_weighting_module, mean_input_embedding, predict_token_weights  # noqa: E402
+from kpod.weighting.train import (  # noqa: E402
+    _forward_logits_fn,
+    fit_weighting_module,
+    mean_input_embedding,
+    predict_token_weights,
+)
 
 
 KEYPOINT_CLASSES = ("digit", "operator")
@@ -74,16 +80,16 @@ def rationale_use(model, tok, examples, cue: torch.Tensor, config: WeightingConf
                 "every token masked": (batch.rationale_lengths, torch.zeros_like(full)),
                 "digits and operators masked": (batch.rationale_lengths, (~keypoints).float()),
                 "as many words masked": (batch.rationale_lengths, (~words).float())}
+    forward_logits = _forward_logits_fn(model)  # the weighting stage's own forward: the answer positions' logits only
     out = {}
     for name, (prefix, keep) in settings.items():
         inputs = build_predictor_batch(batch, keep, prefix[:, None], emb, cue, "mask_embedding", mask_vector)
         nll = []
-        for i in range(0, len(inputs.labels), chunk):  # the last positions' logits only: a 262k vocabulary is large
-            logits = model(inputs_embeds=inputs.inputs_embeds[i:i + chunk],
-                           attention_mask=inputs.attention_mask[i:i + chunk],
-                           position_ids=inputs.position_ids[i:i + chunk], use_cache=False,
-                           logits_to_keep=inputs.answer_width + 1).logits
-            nll.append(answer_nll(logits, inputs.labels[i:i + chunk]))
+        for i in range(0, len(inputs.labels), chunk):  # a few rows at a time: Gemma's 262k-token logits are large
+            rows = slice(i, i + chunk)
+            part = replace(inputs, inputs_embeds=inputs.inputs_embeds[rows], attention_mask=inputs.attention_mask[rows],
+                           position_ids=inputs.position_ids[rows], labels=inputs.labels[rows])
+            nll.append(answer_nll(forward_logits(part), part.labels))
         out[name] = round(torch.cat(nll).mean().item(), 3)
     out["embedding scale"] = float(getattr(emb, "scalar_embed_scale", 1.0))
     out["mean |input embedding|"] = round(emb(batch.rationale[:1]).abs().mean().item(), 4)
@@ -159,7 +165,7 @@ def main() -> None:
           f"{out['machine']['cpu']} ({out['machine']['cores']} cores, {out['machine']['torch_threads']} torch threads). `bench/weighting_by_student.py`.", "",
           "| student | answer NLL: whole rationale | none | every token masked | digits and operators masked | "
           "as many words masked | keep ratio, steps 1 / 10 / last | final weights: mean | std | min | max | "
-          "digits and operators | other tokens | weighting s |", "|" + "---|" * 14]
+          "digits and operators | other tokens | weighting s, with the trace |", "|" + "---|" * 14]
     for r in rows:
         u, w, k = r["answer_nll"], r["weights"], r["keep_ratio_per_step"]
         md.append(f"| {r['student']} | {u['whole rationale']} | {u['no rationale']} | {u['every token masked']} | "
