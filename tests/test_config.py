@@ -58,6 +58,21 @@ def test_defaults_keep_arguments_and_fingerprints(tmp_path, monkeypatch):
     assert TrainConfig(precision="bf16").fingerprint_fields()["precision"] == "bf16"
 
 
+def test_later_weighting_options_stay_out_of_fingerprints_at_their_old_values():
+    """The score-function estimator came after weights were cached and grids reported: at the Gumbel-Softmax default
+    every stage and cell fingerprint is what it was, and choosing it changes them."""
+    from kpod.pipeline import fingerprint
+
+    default, score = RunConfig(), RunConfig.model_validate({"kpod": {"weighting": {"gradient_estimator": "score_function"}}})
+    assert default.kpod.weighting.model_dump()["gradient_estimator"] == "gumbel_softmax"  # saved with the run
+    later = {"gradient_estimator", "score_function_samples"}
+    assert not later & set(default.kpod.fingerprint_fields()["weighting"])
+    assert not later & set(default.fingerprint_dump()["kpod"]["weighting"])
+    assert score.fingerprint_dump()["kpod"]["weighting"]["gradient_estimator"] == "score_function"
+    assert fingerprint(default.kpod.weighting) != fingerprint(score.kpod.weighting)
+    assert fingerprint(default.kpod) != fingerprint(score.kpod)
+
+
 def test_gradient_checkpointing_with_lora_and_accumulation_gives_the_same_losses(smol_tokenizer, tmp_path):
     from kpod.data.datasets import load_split
     from kpod.data.rationales import import_rationales

@@ -42,7 +42,7 @@ from kpod.weighting.batching import (
     pad_examples,
     sample_prefix_lengths,
 )
-from kpod.weighting.train import weighting_loss
+from kpod.weighting.train import score_function_surrogate, weighting_loss
 
 VOCAB = 64
 DIGITS = list(range(10, 20))
@@ -214,6 +214,36 @@ def test_weighting_loss_normalisations():
     assert lp.item() == pytest.approx((2.0 * 5 + 2.0 * 3) / 2) and lm.item() == pytest.approx((3 + 2) / 2)
 
 
+def test_score_function_surrogate_is_unbiased_and_ignores_unread_tokens():
+    """Averaged over many draws, the surrogate's gradient matches the exact gradient of E_m[f(m)], computed by
+    summing over all 2^3 masks; a token past every prefix gets no gradient."""
+    torch.manual_seed(0)
+    logits = torch.tensor([0.8, -0.4, 1.5, 0.3], requires_grad=True)  # token 3 lies past the prefix (k = 3)
+    table = torch.randn(8) * 3.0  # f(m) for each mask of the first three tokens, m read as a 3-bit number
+    value = lambda m: table[(m[..., 0] * 4 + m[..., 1] * 2 + m[..., 2]).long()]
+    masks = torch.tensor([[(i >> 2) & 1, (i >> 1) & 1, i & 1] for i in range(8)], dtype=torch.float32)
+    p = torch.sigmoid(logits[:3])
+    exact = (torch.prod(masks * p + (1 - masks) * (1 - p), dim=1) * table).sum()
+    (exact_grad,) = torch.autograd.grad(exact, logits)
+
+    rationales, samples = 100_000, 4
+    keep = (torch.rand(rationales, samples, 4) < torch.sigmoid(logits.detach())).float()
+    nll = value(keep)[..., None]  # [B, S, P = 1]
+    prefixes = torch.full((rationales, 1), 3)
+    surrogate = score_function_surrogate(nll, keep, logits.expand(rationales, 4), prefixes,
+                                         torch.full((rationales,), 4), "per_token")
+    (estimate,) = torch.autograd.grad(surrogate, logits)
+    assert estimate[3] == 0
+    torch.testing.assert_close(estimate[:3], exact_grad[:3], atol=0.02, rtol=0.05)
+
+
+def test_score_function_needs_a_frozen_predictor():
+    with pytest.raises(ValueError, match="predictor_mode='frozen'"):
+        WeightingConfig(gradient_estimator="score_function", predictor_mode="lora")
+    with pytest.raises(ValueError):
+        WeightingConfig(gradient_estimator="score_function", score_function_samples=1)
+
+
 # --- training -----------------------------------------------------------------------------------------------
 
 
@@ -271,6 +301,24 @@ def test_default_settings_keep_digits_and_mask_filler(pretrained_predictor):
     assert digit > 0.9 and filler < 0.2, (digit, filler)
     after = pretrained_predictor.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in before.items())  # frozen: the predictor is not trained
+
+
+def test_score_function_estimator_keeps_digits_and_masks_filler(pretrained_predictor):
+    """Hard masks scored by forward passes only: the module still learns that the answer needs the digits, and
+    neither the predictor nor its gradients are touched."""
+    examples = make_examples(256, seed=13)
+    pretrained_predictor.zero_grad(set_to_none=True)  # left over from the fixture's own training
+    before = {k: v.clone() for k, v in pretrained_predictor.state_dict().items()}
+    config = WeightingConfig(max_steps=60, gradient_estimator="score_function", lr=3e-3)
+    weights, stats = train_token_weighting(
+        examples, pretrained_predictor.get_input_embeddings(), pretrained_predictor, config, CUE, progress=False
+    )
+    digit, filler = class_means(weights, examples)
+    assert digit > 0.9 and filler < 0.2, (digit, filler)
+    assert not stats["weights_nearly_constant"] and len(stats["keep_ratio"]) == 60
+    after = pretrained_predictor.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    assert all(p.grad is None for p in pretrained_predictor.parameters())
 
 
 def test_on_step_sees_every_joint_step_and_the_module_as_trained(pretrained_predictor):

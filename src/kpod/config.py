@@ -14,38 +14,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kpod.data.prompts import DEFAULT_PROMPT, DEFAULT_TARGET
+from kpod.options import LaterOptions
 from kpod.weighting.config import WeightingConfig
 
 
-class Strict(BaseModel):
+class Strict(LaterOptions, BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    # Options added after runs were cached, each with the value that reproduces how kpod behaved before it existed.
-    # Stage fingerprints leave an option out while it has that value, so earlier runs keep their cached stages.
-    ADDED_LATER: ClassVar[dict[str, object]] = {}
-    # The subset added after experiment cells were first fingerprinted (see `RunConfig.fingerprint_dump`).
-    ADDED_AFTER_CELLS: ClassVar[tuple[str, ...]] = ()
-    # The training methods that read these settings, where only some do (an option no method of a cell reads
-    # cannot change its result, whatever its value).
-    READ_ONLY_BY: ClassVar[tuple[str, ...]] = ()
-
-    def fingerprint_fields(self) -> dict:
-        """The settings as JSON for a stage fingerprint, without the later options at their old-behaviour values."""
-        old = {k for k, v in self.ADDED_LATER.items() if getattr(self, k) == v}
-        return self.model_dump(mode="json", exclude=old)
-
-    def without_options_added_after_cells(self, dump: dict, method: str) -> dict:
-        """`dump` (this model's JSON dump) without the options in ADDED_AFTER_CELLS, here and in nested settings,
-        while they have their old-behaviour values or belong to settings that the cell's `method` does not read."""
-        unread = bool(self.READ_ONLY_BY) and method not in self.READ_ONLY_BY
-        for key in self.ADDED_AFTER_CELLS:
-            if unread or getattr(self, key) == self.ADDED_LATER[key]:
-                del dump[key]
-        for key in type(self).model_fields:
-            value = getattr(self, key)
-            if isinstance(value, Strict) and key in dump:
-                value.without_options_added_after_cells(dump[key], method)
-        return dump
 
 
 class DataConfig(Strict):

@@ -42,6 +42,7 @@ from kpod.distill.examples import EncodedExample, encode_examples
 from kpod.distill.trainer import build_trainer, peak_rss_mb, run_training
 from kpod.evaluation.evaluate import evaluate_questions
 from kpod.models import add_lora, is_seq2seq, load_student
+from kpod.options import LaterOptions
 from kpod.paths import RunPaths
 
 log = logging.getLogger("kpod")
@@ -49,7 +50,9 @@ log = logging.getLogger("kpod")
 
 # ----------------------------------------------------------------------------- stage bookkeeping
 def fingerprint(*parts) -> str:
-    blob = json.dumps([p.model_dump(mode="json") if hasattr(p, "model_dump") else p for p in parts], sort_keys=True)
+    # Settings models leave out the options added later while those keep their old-behaviour values (kpod.options).
+    blob = json.dumps([p.fingerprint_fields() if isinstance(p, LaterOptions) else
+                       p.model_dump(mode="json") if hasattr(p, "model_dump") else p for p in parts], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

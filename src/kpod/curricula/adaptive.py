@@ -22,6 +22,6 @@ def setup(ctx: MethodContext) -> TrainingSetup:
 
 METHOD = MethodSpec(
     "kpod_acl", "KPOD-ACL", setup, uses_token_weights=True,
-    settings=lambda cfg: {"kpod": cfg.kpod.model_dump(mode="json"), "curricula": cfg.curricula.model_dump(mode="json")},
+    settings=lambda cfg: {"kpod": cfg.kpod.fingerprint_fields(), "curricula": cfg.curricula.fingerprint_fields()},
     source="Kong et al. 2021, Adaptive Curriculum Learning (ICCV)",
 )

@@ -53,6 +53,6 @@ def setup(ctx: MethodContext) -> TrainingSetup:
 
 METHOD = MethodSpec(
     "kpod_icl", "KPOD-ICL", setup, uses_token_weights=True,
-    settings=lambda cfg: {"kpod": cfg.kpod.model_dump(mode="json"), "curricula": cfg.curricula.model_dump(mode="json")},
+    settings=lambda cfg: {"kpod": cfg.kpod.fingerprint_fields(), "curricula": cfg.curricula.fingerprint_fields()},
     source="Jia et al. 2023, In-sample Curriculum Learning by Sequence Completion for Natural Language Generation (ACL)",
 )

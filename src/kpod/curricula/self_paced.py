@@ -23,6 +23,6 @@ def setup(ctx: MethodContext) -> TrainingSetup:
 
 METHOD = MethodSpec(
     "kpod_spl", "KPOD-SPL", setup, uses_token_weights=True,
-    settings=lambda cfg: {"kpod": cfg.kpod.model_dump(mode="json"), "curricula": cfg.curricula.model_dump(mode="json")},
+    settings=lambda cfg: {"kpod": cfg.kpod.fingerprint_fields(), "curricula": cfg.curricula.fingerprint_fields()},
     source="Wan et al. 2020, Self-Paced Learning for Neural Machine Translation (EMNLP); Kumar et al. 2010",
 )

@@ -45,6 +45,10 @@ class PaddedExamples:
         a, al = take(self.answer, self.answer_lengths)
         return PaddedExamples(q, ql, r, rl, a, al)
 
+    def repeat_each(self, times: int) -> "PaddedExamples":
+        """Every row `times` times in a row: [r0, r0, ..., r1, r1, ...]."""
+        return PaddedExamples(*(getattr(self, f).repeat_interleave(times, dim=0) for f in self.__dataclass_fields__))
+
     def to(self, device: torch.device) -> "PaddedExamples":
         return PaddedExamples(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 

@@ -7,6 +7,9 @@ One step, for a batch of rationales:
      through `inputs_embeds` and is scored on the answer tokens: L_p (Eq. 5);
   3. L_m = mean_j m_j (or sum_j m_j, Eq. 6) and L = L_p + alpha * L_m (Eq. 7); module, mask vector and the
      trainable predictor parameters take one Adam step.
+With `gradient_estimator='score_function'` (not the paper's) steps 1-2 draw several hard masks per rationale,
+score each with forward passes only, and the module follows the score-function gradient of L_p
+(`score_function_surrogate`) plus the exact gradient of the expected L_m.
 After training, the weights are the deterministic w_j = sigmoid(f_w(e_j)) (no sampling).
 
     weights, stats = train_token_weighting(examples, student.get_input_embeddings(), predictor,
@@ -36,6 +39,7 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from kpod.weighting.batching import (
@@ -152,6 +156,36 @@ def weighting_loss(
     return lp + alpha * lm, lp, lm
 
 
+def score_function_surrogate(
+    answer_nll_rows: torch.Tensor,
+    keep: torch.Tensor,
+    keep_logits: torch.Tensor,
+    prefix_lengths: torch.Tensor,
+    rationale_lengths: torch.Tensor,
+    normalisation: str,
+) -> torch.Tensor:
+    """A scalar whose gradient in `keep_logits` estimates that of E_m[L_p] (the score-function estimator).
+
+    answer_nll_rows: [B, S, P] answer NLL of rationale b under mask sample s, read up to prefix p; keep: [B, S, L]
+    the hard 0/1 samples, drawn from Bernoulli(sigmoid(keep_logits)); keep_logits: [B, L]; prefix_lengths: [B, P].
+    Each row's loss, less the mean loss of the other S - 1 samples of the same rationale and prefix (a baseline
+    that leaves the estimate unbiased), multiplies the log-probability of the mask tokens that row read: tokens
+    past the prefix did not change that loss, so leaving them out only removes noise. Normalised as
+    `weighting_loss` normalises L_p.
+    """
+    b, s, _ = answer_nll_rows.shape
+    loss = answer_nll_rows.detach()
+    baseline = (loss.sum(dim=1, keepdim=True) - loss) / (s - 1)
+    token_log_prob = keep * F.logsigmoid(keep_logits)[:, None] + (1.0 - keep) * F.logsigmoid(-keep_logits)[:, None]
+    width = keep_logits.shape[1]
+    read = (torch.arange(width, device=keep.device)[None, None, :] < prefix_lengths[:, :, None]).to(keep.dtype)
+    row_log_prob = torch.einsum("bsl,bpl->bsp", token_log_prob, read)  # [B, S, P]
+    per_example = ((loss - baseline) * row_log_prob).mean(dim=(1, 2))  # [B]
+    if normalisation == "sum":
+        per_example = per_example * (rationale_lengths + 1).to(per_example.dtype)
+    return per_example.mean()
+
+
 def fit_weighting_module(
     examples: list[WeightingExample],
     embedding: nn.Embedding,
@@ -184,10 +218,12 @@ def fit_weighting_module(
         token_embedding = predictor.get_input_embeddings()
         mask_vector = None
         trainable = list(module.parameters())
+        score_function = config.gradient_estimator == "score_function"
         if config.mask_representation in ("mask_embedding", "drop"):
             # Start at the mean embedding: an "average token" the predictor can already read.
             mask_vector = nn.Parameter(mean_input_embedding(token_embedding))
-            trainable.append(mask_vector)
+            if not score_function:  # forward passes only there: no gradient reaches the vector
+                trainable.append(mask_vector)
         predictor_params = [p for p in predictor.parameters() if p.requires_grad]
         groups = [{"params": trainable, "lr": config.lr}]
         if predictor_params:
@@ -214,6 +250,29 @@ def fit_weighting_module(
             nll = answer_nll(forward_logits(inputs), inputs.labels)
             return weighting_loss(nll, keep, batch.rationale_lengths, alpha, config.mask_loss_normalisation)
 
+        def score_function_step(batch: PaddedExamples, logits: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            samples = config.score_function_samples
+            with torch.no_grad():
+                probs = torch.sigmoid(logits)
+                uniform = torch.rand((len(probs), samples, probs.shape[1]), generator=noise_rng, device=device)
+                keep = (uniform < probs[:, None]).to(probs.dtype)  # [B, S, L] hard samples of Bernoulli(w)
+                prefixes = sample_prefix_lengths(batch.rationale_lengths, config.num_prefix_lengths, noise_rng)
+                inputs = build_predictor_batch(
+                    batch.repeat_each(samples), keep.flatten(0, 1), prefixes.repeat_interleave(samples, dim=0),
+                    token_embedding, cue, config.mask_representation, mask_vector,
+                )
+                nll = answer_nll(forward_logits(inputs), inputs.labels).view(len(probs), samples, -1)
+            # L_p of the drawn masks (no gradient) and L_m as the expected keep ratio (exact gradient) ...
+            loss, lp, lm = weighting_loss(
+                nll.flatten(), torch.sigmoid(logits), batch.rationale_lengths, config.alpha,
+                config.mask_loss_normalisation,
+            )
+            # ... plus the score-function estimate of L_p's gradient.
+            surrogate = score_function_surrogate(
+                nll, keep, logits, prefixes, batch.rationale_lengths, config.mask_loss_normalisation
+            )
+            return loss, lp, lm, surrogate, keep.mean(dim=1)
+
         def update(loss: torch.Tensor) -> None:
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -237,9 +296,13 @@ def fit_weighting_module(
             tau = temperature_at(step_index, total_steps, config)
             real = batch.rationale_lengths
             logits = module.logits(batch.rationale, _length_mask(real, batch.rationale.shape[1]))
-            keep = gumbel_keep_mask(logits, tau, noise_rng, hard=config.hard_mask)
-            loss, lp, lm = step(batch, keep, config.alpha)
-            update(loss)
+            if score_function:
+                loss, lp, lm, surrogate, keep = score_function_step(batch, logits)
+                update(loss + surrogate)
+            else:
+                keep = gumbel_keep_mask(logits, tau, noise_rng, hard=config.hard_mask)
+                loss, lp, lm = step(batch, keep, config.alpha)
+                update(loss)
             if on_step is not None:
                 with torch.no_grad():
                     on_step(step_index, module)
