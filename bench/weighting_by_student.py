@@ -11,6 +11,8 @@ training rationales (GPT-3.5, first sample of each question):
 
     python bench/weighting_by_student.py --students smollm2-135m-instruct gemma3-270m   # results/weighting_by_student.*
     python bench/weighting_by_student.py --students gemma3-270m --weighting lr=0.001 --out results/weighting_gemma_lr1e-3
+    python bench/weighting_by_student.py --weighting gradient_estimator=score_function --weighting lr=0.003 \
+        --out results/weighting_score_function          # add --weighting alpha=10: ..._alpha10
 """
 
 from __future__ import annotations
