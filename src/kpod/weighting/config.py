@@ -132,7 +132,9 @@ class WeightingConfig(LaterOptions, BaseModel):
         "stayed one constant (results/weighting_by_student.md). Needs predictor_mode 'frozen'; the mask "
         "vector stays at its start (the mean input embedding). Its gradient is noisier: on the synthetic task "
         "(60 steps, 3 seeds, 4 or 8 masks) lr 1e-2 failed in 2 of 6 runs (every token kept, or the digits "
-        "masked), lr 3e-3 and 1e-3 separated digits (w 1.00) from filler (w <= 0.01) in 6 of 6 each: use lr 3e-3.",
+        "masked), lr 3e-3 and 1e-3 separated digits (w 1.00) from filler (w <= 0.01) in 6 of 6 each: use lr 3e-3. "
+        "On real rationales it did not help at 30 steps of 8: both shipped students kept every token at alpha 0.5 "
+        "and masked every token at alpha 10 (results/weighting_score_function*.md).",
     )
     score_function_samples: int = Field(
         4,
