@@ -173,9 +173,9 @@ def score_function_surrogate(
     past the prefix did not change that loss, so leaving them out only removes noise. Normalised as
     `weighting_loss` normalises L_p.
     """
-    b, s, _ = answer_nll_rows.shape
+    samples = answer_nll_rows.shape[1]
     loss = answer_nll_rows.detach()
-    baseline = (loss.sum(dim=1, keepdim=True) - loss) / (s - 1)
+    baseline = (loss.sum(dim=1, keepdim=True) - loss) / (samples - 1)
     token_log_prob = keep * F.logsigmoid(keep_logits)[:, None] + (1.0 - keep) * F.logsigmoid(-keep_logits)[:, None]
     width = keep_logits.shape[1]
     read = (torch.arange(width, device=keep.device)[None, None, :] < prefix_lengths[:, :, None]).to(keep.dtype)
