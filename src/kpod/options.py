@@ -31,10 +31,8 @@ class LaterOptions:
         for key, old in self.ADDED_LATER.items():
             if getattr(self, key) == old:
                 del dump[key]
-        for key in type(self).model_fields:
-            value = getattr(self, key)
-            if isinstance(value, LaterOptions) and key in dump:
-                value._without_old_values(dump[key])
+        for settings, part in self._nested(dump):
+            settings._without_old_values(part)
         return dump
 
     def without_options_added_after_cells(self, dump: dict, method: str) -> dict:
@@ -44,8 +42,13 @@ class LaterOptions:
         for key in self.ADDED_AFTER_CELLS:
             if unread or getattr(self, key) == self.ADDED_LATER[key]:
                 del dump[key]
+        for settings, part in self._nested(dump):
+            settings.without_options_added_after_cells(part, method)
+        return dump
+
+    def _nested(self, dump: dict):
+        """(settings, its part of `dump`) for every nested settings model that `dump` still holds."""
         for key in type(self).model_fields:
             value = getattr(self, key)
             if isinstance(value, LaterOptions) and key in dump:
-                value.without_options_added_after_cells(dump[key], method)
-        return dump
+                yield value, dump[key]

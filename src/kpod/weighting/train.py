@@ -252,8 +252,8 @@ def fit_weighting_module(
 
         def score_function_step(batch: PaddedExamples, logits: torch.Tensor) -> tuple[torch.Tensor, ...]:
             samples = config.score_function_samples
+            probs = torch.sigmoid(logits)
             with torch.no_grad():
-                probs = torch.sigmoid(logits)
                 uniform = torch.rand((len(probs), samples, probs.shape[1]), generator=noise_rng, device=device)
                 keep = (uniform < probs[:, None]).to(probs.dtype)  # [B, S, L] hard samples of Bernoulli(w)
                 prefixes = sample_prefix_lengths(batch.rationale_lengths, config.num_prefix_lengths, noise_rng)
@@ -264,7 +264,7 @@ def fit_weighting_module(
                 nll = answer_nll(forward_logits(inputs), inputs.labels).view(len(probs), samples, -1)
             # L_p of the drawn masks (no gradient) and L_m as the expected keep ratio (exact gradient) ...
             loss, lp, lm = weighting_loss(
-                nll.flatten(), torch.sigmoid(logits), batch.rationale_lengths, config.alpha,
+                nll.flatten(), probs, batch.rationale_lengths, config.alpha,
                 config.mask_loss_normalisation,
             )
             # ... plus the score-function estimate of L_p's gradient.
