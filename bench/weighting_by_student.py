@@ -40,7 +40,7 @@ from kpod.models import load_student  # noqa: E402
 from kpod.weighting.batching import answer_nll, build_predictor_batch, pad_examples  # noqa: E402
 from kpod.weighting.summary import classify_token  # noqa: E402
 from kpod.weighting.train import (  # noqa: E402
-    _forward_logits_fn,
+    answer_logits_fn,
     fit_weighting_module,
     mean_input_embedding,
     predict_token_weights,
@@ -82,7 +82,7 @@ def rationale_use(model, tok, examples, cue: torch.Tensor, config: WeightingConf
                 "every token masked": (batch.rationale_lengths, torch.zeros_like(full)),
                 "digits and operators masked": (batch.rationale_lengths, (~keypoints).float()),
                 "as many words masked": (batch.rationale_lengths, (~words).float())}
-    forward_logits = _forward_logits_fn(model)  # the weighting stage's own forward: the answer positions' logits only
+    forward_logits = answer_logits_fn(model)  # the weighting stage's own forward: the answer positions' logits only
     out = {}
     for name, (prefix, keep) in settings.items():
         inputs = build_predictor_batch(batch, keep, prefix[:, None], emb, cue, "mask_embedding", mask_vector)

@@ -316,6 +316,7 @@ def test_score_function_estimator_keeps_digits_and_masks_filler(pretrained_predi
     digit, filler = class_means(weights, examples)
     assert digit > 0.9 and filler < 0.2, (digit, filler)
     assert not stats["weights_nearly_constant"] and len(stats["keep_ratio"]) == 60
+    assert "temperature" not in stats  # hard Bernoulli masks: no Gumbel temperature is used, so none is recorded
     after = pretrained_predictor.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in before.items())
     assert all(p.grad is None for p in pretrained_predictor.parameters())

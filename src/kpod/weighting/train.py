@@ -95,8 +95,8 @@ def prepare_predictor(predictor: nn.Module, config: WeightingConfig) -> nn.Modul
     return predictor
 
 
-def _forward_logits_fn(predictor: nn.Module):
-    """A function (batch) -> logits of the last answer_width + 1 positions, [R, K, V]."""
+def answer_logits_fn(predictor: nn.Module):
+    """A function (batch) -> logits of the last answer_width + 1 positions, [R, K, V]: all the weighting loss reads."""
     base = predictor.get_base_model() if hasattr(predictor, "get_base_model") else predictor
     keeps_last = "logits_to_keep" in inspect.signature(type(base).forward).parameters
 
@@ -234,13 +234,15 @@ def fit_weighting_module(
         cue = torch.tensor(list(answer_cue_ids), dtype=torch.long, device=device)
         order_rng = torch.Generator().manual_seed(config.seed)
         noise_rng = torch.Generator(device=device).manual_seed(config.seed + 1)
-        forward_logits = _forward_logits_fn(predictor)
+        forward_logits = answer_logits_fn(predictor)
 
         steps_per_epoch = math.ceil(len(usable) / config.batch_size)
         total_steps = config.max_steps or config.epochs * steps_per_epoch
         warmup_steps = config.predictor_warmup_steps if predictor_params else 0
         batches = _batch_indices(len(usable), config.batch_size, order_rng)
-        stats: dict = {"loss": [], "answer_loss": [], "mask_loss": [], "keep_ratio": [], "temperature": [], "warmup_loss": []}
+        stats: dict = {"loss": [], "answer_loss": [], "mask_loss": [], "keep_ratio": [], "warmup_loss": []}
+        if not score_function:  # the score-function estimator draws hard masks: no Gumbel temperature to record
+            stats["temperature"] = []
 
         def step(batch: PaddedExamples, keep: torch.Tensor, alpha: float) -> tuple[torch.Tensor, ...]:
             prefixes = sample_prefix_lengths(batch.rationale_lengths, config.num_prefix_lengths, noise_rng)
@@ -293,13 +295,14 @@ def fit_weighting_module(
         bar = tqdm(range(total_steps), desc="token weighting", disable=not progress)
         for step_index in bar:
             batch = data.select(next(batches))
-            tau = temperature_at(step_index, total_steps, config)
             real = batch.rationale_lengths
             logits = module.logits(batch.rationale, _length_mask(real, batch.rationale.shape[1]))
             if score_function:
                 loss, lp, lm, surrogate, keep = score_function_step(batch, logits)
                 update(loss + surrogate)
             else:
+                tau = temperature_at(step_index, total_steps, config)
+                stats["temperature"].append(tau)
                 keep = gumbel_keep_mask(logits, tau, noise_rng, hard=config.hard_mask)
                 loss, lp, lm = step(batch, keep, config.alpha)
                 update(loss)
@@ -309,9 +312,9 @@ def fit_weighting_module(
             ratio = (keep.detach() * _length_mask(real, keep.shape[1])).sum() / real.sum()
             for name, value in (("loss", loss), ("answer_loss", lp), ("mask_loss", lm), ("keep_ratio", ratio)):
                 stats[name].append(value.item())
-            stats["temperature"].append(tau)
             if step_index % 10 == 0 or step_index == total_steps - 1:
-                bar.set_postfix(loss=f"{loss.item():.3f}", keep=f"{ratio.item():.2f}", tau=f"{tau:.2f}")
+                shown = {} if score_function else {"tau": f"{tau:.2f}"}
+                bar.set_postfix(loss=f"{loss.item():.3f}", keep=f"{ratio.item():.2f}", **shown)
         elapsed = time.perf_counter() - start
 
     if config.predictor_mode == "frozen":
@@ -374,7 +377,8 @@ def train_token_weighting(
     student's tokenizer. answer_cue_ids: ids of the cue between rationale and answer (" Therefore, the
     answer is"). Returns (weights, stats): weights[i] has one float in (0, 1) per token of
     examples[i].rationale_ids (empty rationales get an empty array); stats holds the per-step loss,
-    answer loss, mask loss, keep ratio and temperature curves, timing and the resolved config.
+    answer loss, mask loss and keep ratio curves (and the Gumbel temperature's, for that estimator), timing and the
+    resolved config.
     """
     config = config or WeightingConfig()
     fit = fit_weighting_module(examples, embedding, predictor, config, answer_cue_ids, progress)
