@@ -1,5 +1,5 @@
-"""What the token weighting stage learns on the real SVAMP rationales, and what it costs against one epoch of plain
-CoT distillation on the same examples, in one process on the same machine.
+"""What the token weighting stage learns on the real training rationales (SVAMP by default), and what it costs against
+one epoch of plain CoT distillation on the same examples, in one process on the same machine.
 
 For each seed: train the weighting module with the config's `kpod.weighting` settings (default: 30 steps of 8
 rationales against the frozen default student), weight every training rationale, summarise the mean weight per
@@ -7,6 +7,8 @@ token class. Then train the student for one epoch of plain distillation (the con
 plain) on the same examples and time it. Seed 0's artefact is drawn (Figure-2-like HTML and PNG).
 
     python bench/weighting_cost.py configs/default.yaml --seeds 0 1 2   # results/weighting_cost.{json,md}
+    KPOD_DATA_DIR=path/to/data python bench/weighting_cost.py --set data.dataset=gsm8k --no-plain \
+        --out results/weighting_seeds_gsm8k   # the GSM8K grid's training set (ood-gsm8k-cpu.yaml)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from kpod.cli import parse_overrides  # noqa: E402
 from kpod.config import load_config  # noqa: E402
 from kpod.curriculum import stages as ks  # noqa: E402
 from kpod.distill.dataset import DistillDataset  # noqa: E402
@@ -51,11 +54,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("config", nargs="?", default=str(ROOT / "configs" / "default.yaml"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     ap.add_argument("--no-plain", action="store_true", help="skip the plain-epoch timing")
     ap.add_argument("--out", default=str(ROOT / "results" / "weighting_cost"))
     a = ap.parse_args()
 
-    cfg = load_config(a.config)
+    cfg = load_config(a.config, parse_overrides(a.set))
     work = Path(tempfile.mkdtemp(prefix="kpod-weighting-cost-"))
     cfg.run_dir = str(work / "run")
     pipe = Pipeline(cfg, progress=False)
@@ -77,6 +81,8 @@ def main() -> None:
             "seed": seed, "wall_s": round(wall, 1), "train_s": round(stats["train_seconds"], 1),
             "steps": stats["steps"], "s_per_step": round(stats["train_seconds"] / stats["steps"], 2),
             "final_keep_ratio": round(stats["final_keep_ratio"], 3),
+            "mean_weight": round(stats["mean_weight"], 4), "weight_std": round(stats["weight_std"], 4),
+            "weights_nearly_constant": stats["weights_nearly_constant"],
             "classes": {c: summary["classes"][c] for c in TOKEN_CLASSES},
             "top_tokens": [t["token"] for t in summary["top_tokens"][:15]],
             "bottom_tokens": [t["token"] for t in summary["bottom_tokens"][:15]],
@@ -90,7 +96,8 @@ def main() -> None:
 
     plain = None if a.no_plain else plain_epoch_seconds(cfg, examples, work)
     result = {
-        "benchmark": "token weighting on the SVAMP GPT-3.5 training rationales vs one plain distillation epoch",
+        "benchmark": f"token weighting on the {cfg.data.dataset} training rationales"
+                     + ("" if a.no_plain else " vs one plain distillation epoch"),
         "machine": machine(), "commit": git_commit(), "config": cfg.model_dump(mode="json", exclude={"run_dir"}),  # a temporary folder
         "examples": len(examples), "weighting": runs, "plain_epoch": plain,
         "peak_rss_mb": peak_rss_mb(),
@@ -98,17 +105,19 @@ def main() -> None:
     }
     Path(a.out + ".json").write_text(json.dumps(result, indent=1))
 
-    md = ["# Token weighting on SVAMP: what it learns and what it costs", "",
-          f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, torch {result['machine']['torch']}; "
+    md = [f"# Token weighting on {cfg.data.dataset}: what it learns" + ("" if a.no_plain else " and what it costs"), "",
+          f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, "
+          f"{result['machine']['torch_threads']} torch threads, torch {result['machine']['torch']}; "
           f"commit {result['commit']}; {len(examples)} training rationales; settings: "
           f"`{json.dumps(cfg.kpod.weighting.model_dump(include={'predictor_mode', 'num_prefix_lengths', 'lr', 'batch_size', 'max_steps', 'alpha'}))}`.",
-          "", "Mean weight per token class (count in brackets), one row per seed:", "",
-          "| seed | " + " | ".join(TOKEN_CLASSES) + " | keep ratio | train s |",
-          "|---|" + "---|" * (len(TOKEN_CLASSES) + 2)]
+          "", "Mean weight per token class (count in brackets), one row per seed (`kpod.weighting.seed`):", "",
+          "| seed | " + " | ".join(TOKEN_CLASSES) + " | mean weight | weight std | keep ratio | train s |",
+          "|---|" + "---|" * (len(TOKEN_CLASSES) + 4)]
     for r in runs:
         cells = [f"{r['classes'][c]['mean_weight']:.3f} ({r['classes'][c]['count']})"
                  if r["classes"][c]["mean_weight"] is not None else "-" for c in TOKEN_CLASSES]
-        md.append(f"| {r['seed']} | " + " | ".join(cells) + f" | {r['final_keep_ratio']} | {r['train_s']} |")
+        md.append(f"| {r['seed']} | " + " | ".join(cells) + f" | {r['mean_weight']} | {r['weight_std']} | "
+                  f"{r['final_keep_ratio']} | {r['train_s']} |")
     md += ["", "Top tokens (seed %d): %s" % (runs[0]["seed"], ", ".join(f"`{t}`" for t in runs[0]["top_tokens"])),
            "", "Bottom tokens (seed %d): %s" % (runs[0]["seed"], ", ".join(f"`{t}`" for t in runs[0]["bottom_tokens"]))]
     mean_wall = sum(r["wall_s"] for r in runs) / len(runs)
@@ -118,8 +127,9 @@ def main() -> None:
                f"{plain['s_per_step']} s/step): **{mean_wall / plain['wall_s']:.2f} of an epoch**."]
     md += ["", f"Peak RSS {result['peak_rss_mb']} MB. Figure-2-like picture of seed {runs[0]['seed']}: "
            f"`{figure_dir.name}/weights.png`, `{figure_dir.name}/weights.html`.",
-           "", "Reproduce: `python bench/weighting_cost.py %s --seeds %s`" % (
-               os.path.relpath(a.config, ROOT), " ".join(map(str, a.seeds)))]
+           "", "Reproduce: `python bench/weighting_cost.py %s --seeds %s%s%s`" % (
+               os.path.relpath(a.config, ROOT), " ".join(map(str, a.seeds)),
+               "".join(f" --set {s}" for s in a.set), " --no-plain" if a.no_plain else "")]
     Path(a.out + ".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     shutil.rmtree(work, ignore_errors=True)

@@ -191,6 +191,33 @@ def test_cells_get_their_overrides_and_bad_cells_fail_before_running(tmp_path):
         load_experiment(path)
 
 
+def test_seed_token_weighting_reseeds_only_the_cells_that_compute_weights(tmp_path):
+    """Off (the default) every seed keeps kpod.weighting.seed; on, the cells that compute token weights take their
+    own seed, unless their method names one, and the other cells' configs stay as they were."""
+    methods = {"plain": {}, "kpod": {}, "kpod_acl": {}, "wo_sig": {"overrides": {"train.method": "kpod",
+                                                                                "kpod.token_weights": False}},
+               "pinned": {"overrides": {"train.method": "kpod", "kpod.weighting.seed": 7}}}
+    path = _experiment(tmp_path, "some-student", methods, seeds=(0, 1, 2))
+
+    def plan(reseed):
+        raw = yaml.safe_load(path.read_text())
+        raw["seed_token_weighting"] = reseed
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        return {c.name: c for c in plan_cells(load_experiment(path), path, runs_root=tmp_path / "runs")}
+
+    off, on = plan(False), plan(True)
+    assert {c.config.kpod.weighting.seed for c in off.values() if c.method != "pinned"} == {0}
+    for seed in (0, 1, 2):
+        assert on[f"svamp-kpod-s{seed}"].config.kpod.weighting.seed == seed
+        assert on[f"svamp-kpod_acl-s{seed}"].config.kpod.weighting.seed == seed
+        assert on[f"svamp-pinned-s{seed}"].config.kpod.weighting.seed == 7
+        for unweighted in ("plain", "wo_sig"):
+            name = f"svamp-{unweighted}-s{seed}"
+            assert on[name].fingerprint() == off[name].fingerprint()
+    assert on["svamp-kpod-s1"].fingerprint() != off["svamp-kpod-s1"].fingerprint()
+    assert on["svamp-kpod-s0"].fingerprint() == off["svamp-kpod-s0"].fingerprint()  # seed 0 was already seed 0
+
+
 def test_tiny_grid_runs_reports_and_resumes(tmp_path, tiny_llama_dir, capsys, monkeypatch):
     path = _experiment(tmp_path, tiny_llama_dir, {"plain": {"overrides": {"eval.zero_shot": True}}, "kpod_icl": {}})
     args = ["experiment", str(path), "--runs-root", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"),

@@ -181,9 +181,10 @@ def test_a_finished_run_shares_its_zero_shot_evaluation(tmp_path, tiny_llama_dir
     assert Pipeline(changed, progress=False, zero_shot_cache=tmp_path / "other").share_finished_zero_shot() == 0
 
 
-def test_kpod_variants_of_one_seed_share_weights_and_difficulty(tmp_path, tiny_llama_dir):
+def test_kpod_variants_share_weights_and_difficulty(tmp_path, tiny_llama_dir):
     """A stage cache hands a run the token weights and step difficulties that another run with the same inputs
-    computed; a run whose inputs differ (seed, difficulty weighting) computes its own."""
+    computed, whatever the run's seed (the weighting has its own); a run whose inputs differ (weighting seed,
+    difficulty weighting) computes its own."""
     path = _config(tmp_path, tiny_llama_dir, train={"method": "kpod", "epochs": 2}, eval={"max_examples": 1})
     cfg = yaml.safe_load(path.read_text())
     cfg["kpod"] = {"weighting": {"max_steps": 3, "batch_size": 4, "hidden_size": 16, "mlp_hidden_size": 16},
@@ -207,7 +208,10 @@ def test_kpod_variants_of_one_seed_share_weights_and_difficulty(tmp_path, tiny_l
     assert set(wo_div["reused_stages"]) == {"weigh", "difficulty"}
     assert artefacts("wo-div") == artefacts("kpod")
     other_seed = run("seed1", "seed=1")
-    assert "reused_stages" not in other_seed
+    assert set(other_seed["reused_stages"]) == {"weigh", "difficulty"}
+    other_weighting_seed = run("weighting-seed1", "kpod.weighting.seed=1")
+    assert "reused_stages" not in other_weighting_seed
+    assert artefacts("weighting-seed1")[0] != artefacts("kpod")[0]
     plain_difficulty = run("wo-sig-dif", "kpod.weighted_difficulty=false")
     assert set(plain_difficulty["reused_stages"]) == {"weigh"}
     assert artefacts("wo-sig-dif")[1] != artefacts("kpod")[1]

@@ -22,7 +22,8 @@ from pathlib import Path
 import yaml
 
 
-def _parse_overrides(items: list[str]) -> dict:
+def parse_overrides(items: list[str]) -> dict:
+    """`--set KEY=VALUE` items as config overrides; each VALUE is read as YAML (numbers, lists, null)."""
     out = {}
     for item in items:
         if "=" not in item:
@@ -36,7 +37,7 @@ def cmd_run(args) -> int:
     from kpod.config import load_config
     from kpod.pipeline import Pipeline
 
-    overrides = _parse_overrides(args.set)
+    overrides = parse_overrides(args.set)
     if args.run_dir:
         overrides["run_dir"] = args.run_dir
     cfg = load_config(args.config, overrides)
@@ -101,7 +102,7 @@ def cmd_weigh(args) -> int:
     from kpod.pipeline import Pipeline
     from kpod.weighting.report import write_weighting_report
 
-    overrides = _parse_overrides(args.set)
+    overrides = parse_overrides(args.set)
     if args.run_dir:
         overrides["run_dir"] = args.run_dir
     overrides["train.method"] = "kpod"
@@ -147,7 +148,7 @@ def cmd_teach(args) -> int:
     overrides = {field: getattr(args, flag) for flag, field in _TEACH_FLAGS.items() if hasattr(args, flag)}
     if "file" in overrides:
         overrides.setdefault("dataset", "custom")
-    overrides.update(_parse_overrides(args.set))
+    overrides.update(parse_overrides(args.set))
     cfg = load_teach_config(args.config, overrides)
     try:
         summary = run_teach(cfg, progress=not args.no_progress)

@@ -14,7 +14,9 @@ whose entry in `results/EXPERIMENT.json` is finished with the same config is kep
 such a cell again, delete its entry from that JSON (or pass another --results-dir).
 The un-distilled student's (zero-shot) evaluation is greedy, so it does not depend on the seed: the cells share
 it through `runs/EXPERIMENT/zero-shot-cache/`, and only the first cell to need one computes it. Likewise the KPOD
-variants of one seed share their token weights and step difficulties through `runs/EXPERIMENT/stage-cache/`.
+variants share their token weights and step difficulties through `runs/EXPERIMENT/stage-cache/`. The weights depend
+on `kpod.weighting.seed`, not on the cell's seed: every seed of a grid trains on one set of weights unless the
+experiment sets `seed_token_weighting: true` (then each seed has its own, and the spread over seeds includes theirs).
 
 Results: `results/EXPERIMENT.json` (every cell's accuracies, train summary, config fingerprint, and mean/std per
 method and column), `results/EXPERIMENT.md` (one markdown table per `tables` entry: rows methods, columns the
@@ -57,7 +59,7 @@ import numpy as np
 import yaml
 from pydantic import Field, ValidationError
 
-from kpod.baselines.registry import method_label, method_names
+from kpod.baselines.registry import method_label, method_names, trains_on_token_weights
 from kpod.config import ConfigError, RunConfig, Strict, dump_config, load_config
 
 log = logging.getLogger("kpod.experiment")
@@ -91,6 +93,10 @@ class ExperimentConfig(Strict):
     runner: Literal["subprocess", "in_process"] = Field("subprocess", description="a process per cell, or all in this one")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="cpu: hide GPUs from subprocess cells; cuda: refuse to start without a GPU; auto: a GPU if torch sees one")
     compare_with: str | None = Field("kpod", description="the method the report compares every other against (difference, 95 % interval, seeds won); null: no comparison")
+    seed_token_weighting: bool = Field(
+        False, description="each cell's seed also seeds the token weighting (kpod.weighting.seed), so the spread over "
+        "seeds includes the weights'; off: every seed trains on the weights of kpod.weighting.seed (0 unless set), "
+        "computed once per grid")
 
 
 def load_experiment(path: str | Path) -> ExperimentConfig:
@@ -221,7 +227,13 @@ def plan_cells(exp: ExperimentConfig, exp_path: str | Path, runs_root: str | Pat
             for seed in exp.seeds:
                 run_dir = Path(runs_root) / exp.name / f"{dataset}-{method}-s{seed}"
                 try:
-                    cfg = load_config(base, cell_overrides(exp, dataset, method, seed, run_dir))
+                    overrides = cell_overrides(exp, dataset, method, seed, run_dir)
+                    cfg = load_config(base, overrides)
+                    # Only where the cell computes weights: the other cells' configs (and fingerprints) stay as they
+                    # were. A method entry that names its weighting seed keeps it.
+                    if (exp.seed_token_weighting and trains_on_token_weights(cfg)
+                            and "kpod.weighting.seed" not in exp.methods[method].overrides):
+                        cfg = load_config(base, {**overrides, "kpod.weighting.seed": seed})
                 except ConfigError as e:
                     errors.append(f"cell {run_dir.name}: {e}")
                     continue

@@ -11,7 +11,7 @@ each cached artefact while the others wait, then all read the same files (so the
 once); step difficulty and evaluation are split between the processes; training is the Trainer's data parallelism.
 The run directory must be on a filesystem that every process sees.
 
-Runs that share their preparation (an experiment's KPOD variants with one seed) can share a `stage_cache` folder:
+Runs that share their preparation (an experiment's KPOD variants, over its seeds) can share a `stage_cache` folder:
 token weights and step difficulties are kept there by the fingerprint of everything they depend on, and a run whose
 fingerprint is there copies them instead of computing them (about 6 of a KPOD cell's 30 minutes on 2 CPU cores).
 """
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from kpod import distributed as dist
-from kpod.baselines.registry import MethodContext, get_method, prepare_training
+from kpod.baselines.registry import MethodContext, get_method, prepare_training, trains_on_token_weights
 from kpod.config import RunConfig, dump_config
 from kpod.data.custom import load_user_jsonl
 from kpod.data.datasets import load_split
@@ -316,13 +316,22 @@ class Pipeline:
             ks.run_weighting(tokenizer, examples, questions, predictor, cfg.kpod, self.paths.weighting_dir,
                              self.progress)
 
-        fp = self._weigh_fingerprint()  # the weights depend on nothing else: it is also their shared-cache key
-        self.cached("weigh", fp, work, output=self.paths.weighting_dir, shared_key=fp)
+        self.cached("weigh", self._weigh_fingerprint(), work, output=self.paths.weighting_dir,
+                    shared_key=self._weights_key())
         return ks.load_weights(self.paths.token_weights, examples)
 
     def _weigh_fingerprint(self) -> str:
+        """The weigh stage's record in stages.json. It names the run's seed, which the weights do not depend on; kept
+        as it is because a changed record re-runs every later stage of a finished run."""
         cfg = self.cfg
         return fingerprint(cfg.data, cfg.student.name, cfg.kpod.weighting, cfg.seed)
+
+    def _weights_key(self) -> str:
+        """What the token weights depend on, and so their shared-cache key: the data, the student and the weighting
+        settings, whose own `seed` seeds every draw of the stage (not the run's seed: an experiment's seeds share one
+        set of weights unless the experiment sets `seed_token_weighting`)."""
+        cfg = self.cfg
+        return fingerprint(cfg.data, cfg.student.name, cfg.kpod.weighting)
 
     def stage_kpod(self, model, tokenizer, questions, examples) -> tuple[list | None, np.ndarray]:
         """Token weights (or None for w.o.-sig) and the (stages, N) schedule of given steps."""
@@ -337,7 +346,7 @@ class Pipeline:
         self.cached("difficulty", difficulty_fp,
                     lambda: ks.run_difficulty(model.to(dist.device()), tokenizer, examples, weights, k, difficulty,
                                               self.progress), every_process=True, output=difficulty,
-                    shared_key=fingerprint(difficulty_fp, self._weigh_fingerprint() if k.token_weights else None))
+                    shared_key=fingerprint(difficulty_fp, self._weights_key() if k.token_weights else None))
         diffs = ks.load_difficulty(difficulty, examples)
         self.cached("clusters", fingerprint(cfg.data, k.clusters, cfg.seed),
                     lambda: ks.run_clusters(examples, questions, k, cfg.seed, clusters_path))
@@ -410,7 +419,7 @@ class Pipeline:
         weights = given_steps = None
         if cfg.train.method == "kpod":
             weights, given_steps = self.stage_kpod(model, tokenizer, questions, examples)
-        elif cfg.kpod.token_weights and get_method(cfg.train.method).uses_token_weights:
+        elif trains_on_token_weights(cfg):
             weights = self.stage_weights(tokenizer, questions, examples)
         if cfg.eval.zero_shot:
             summary["zero_shot"] = self.stage_eval("zero-shot", model, tokenizer, "zero-shot CoT (no distillation)")

@@ -111,6 +111,11 @@ _BUILTIN: dict[str, str] = {
 _METHODS: dict[str, MethodSpec] = {"plain": PLAIN, "kpod": KPOD}
 
 
+def trains_on_token_weights(cfg: RunConfig) -> bool:
+    """Whether a run of `cfg` computes KPOD's token weights (its method uses them, and they are not switched off)."""
+    return cfg.kpod.token_weights and get_method(cfg.train.method).uses_token_weights
+
+
 def register_method(spec: MethodSpec) -> MethodSpec:
     _METHODS[spec.name] = spec
     return spec
