@@ -32,7 +32,9 @@ from kpod.experiment import (
     seed_spread,
     seed_spread_table,
     shown_run_dir,
+    table_checks,
     wilson_interval,
+    write_report,
 )
 
 
@@ -111,6 +113,35 @@ def test_kpod_is_compared_with_each_method_by_an_interval_over_the_test_question
     assert table[0] == "### KPOD against each method"
     assert "| svamp | plain CoT distillation | +30.00 |" in table[5]
     assert comparisons(exp.model_copy(update={"compare_with": None}), records, aggregate(records)) == []
+
+
+def test_a_table_compares_its_rows_with_its_own_reference_row(tmp_path):
+    exp = ExperimentConfig(name="t", base="b.yaml", seeds=[0, 1], datasets={"svamp": {}},
+                           methods={"plain": {}, "kpod": {}, "kpod_shared": {"label": "KPOD (shared)"}, "kpod_acl": {}},
+                           tables=[{"title": "Schedules", "methods": ["kpod_shared", "kpod_acl", "zero_shot"],
+                                    "compare_with": "kpod_shared"}])
+    records = [_counted("kpod_shared", 0, 3, zero=3), _counted("kpod_shared", 1, 5),
+               _counted("kpod_acl", 0, 9), _counted("kpod_acl", 1, 7),
+               _counted("kpod", 0, 30), _counted("kpod", 1, 33), _counted("plain", 0, 12), _counted("plain", 1, 14)]
+    agg = aggregate(records)
+    checks = table_checks(exp, exp.tables[0], records, agg, explain=False)
+    rows = {r["method"]: r for r in checks["comparison"]}
+    assert set(rows) == {"kpod_acl", "zero_shot"}  # the table's rows only, not kpod or plain
+    assert rows["kpod_acl"]["against"] == "kpod_shared"
+    assert rows["kpod_acl"]["difference"] == pytest.approx(100 * (8 - 16) / 300)
+    assert (rows["kpod_acl"]["seeds_ahead"], rows["kpod_acl"]["seeds_shared"]) == (0, 2)
+    (spread,) = checks["seed_spread"]
+    assert spread["methods"] == ["kpod_shared", "kpod_acl"] and spread["runs"] == 4  # not the other methods
+    assert checks["markdown"].startswith("#### Schedules: KPOD (shared) against each row")
+
+    report = write_report(exp, [{**r, "cell": f"{r['method']}-{r['seed']}"} for r in records], tmp_path)
+    assert set(report["table_comparisons"]) == {"Schedules"}
+    md = (tmp_path / "t.md").read_text()
+    assert md.index("#### Schedules: KPOD (shared) against each row") < md.index("### KPOD against each method")
+    with pytest.raises(ValueError, match="one of the table's methods"):
+        TableSpec(title="T", methods=["plain", "kpod"], compare_with="kpod_acl")
+    with pytest.raises(ValueError, match="one of the table's methods"):
+        TableSpec(title="T", methods=["zero_shot", "kpod"], compare_with="zero_shot")
 
 
 def test_seed_spread_is_a_one_way_anova_over_the_training_runs():

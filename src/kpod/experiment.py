@@ -57,7 +57,7 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from kpod.baselines.registry import method_label, method_names, trains_on_token_weights
 from kpod.config import ConfigError, RunConfig, Strict, dump_config, load_config
@@ -80,6 +80,16 @@ class TableSpec(Strict):
     note: str = Field("", description="a sentence under the table")
     reference: dict[str, dict[str, float]] = Field({}, description="published numbers per row and column, shown in an extra column group")
     reference_label: str = Field("the paper", description="where the published numbers come from (a line under the table)")
+    compare_with: str | None = Field(
+        None, description="one of this table's rows to compare its other rows with, under the table (difference, 95 % "
+        "interval, seeds ahead, over the table's columns), with a one-way ANOVA over the table's rows: for a reference "
+        "row other than the experiment's compare_with, e.g. KPOD with the same token weights as its variants")
+
+    @model_validator(mode="after")
+    def _reference_row_is_in_the_table(self):
+        if self.compare_with is not None and (self.compare_with == ZERO_SHOT or self.compare_with not in self.methods):
+            raise ValueError(f"compare_with {self.compare_with!r} must be one of the table's methods (not {ZERO_SHOT})")
+        return self
 
 
 class ExperimentConfig(Strict):
@@ -447,17 +457,19 @@ def difference_interval(p_a: float, n_a: int, p_b: float, n_b: int, z: float = 1
     return 100 * diff, 100 * low, 100 * high
 
 
-def seed_spread(exp: ExperimentConfig, agg: dict) -> list[dict]:
+def seed_spread(exp: ExperimentConfig, agg: dict, methods: list[str] | None = None,
+                columns: list[str] | None = None) -> list[dict]:
     """Per column, how far the seeds of one method scatter against how far the methods' means do, over the methods
-    with two seeds or more: the pooled within-method standard deviation, the standard deviation of the method means,
-    and a one-way ANOVA of the per-seed accuracies (each seed one training run): its p is the chance of an F this
-    large if no method differed. This covers the spread between training runs that the intervals over the test
-    questions leave out."""
+    (default: every method of the experiment) with two seeds or more: the pooled within-method standard deviation, the
+    standard deviation of the method means, and a one-way ANOVA of the per-seed accuracies (each seed one training
+    run): its p is the chance of an F this large if no method differed. This covers the spread between training runs
+    that the intervals over the test questions leave out."""
     from scipy.stats import f as f_distribution
 
+    methods = [m for m in (methods or exp.methods) if m in exp.methods]  # the zero-shot row: one evaluation, no spread
     out = []
-    for col in table_columns(exp, agg, list(exp.methods)):
-        groups = {m: agg[m][col]["values"] for m in exp.methods if agg.get(m, {}).get(col, {}).get("n", 0) >= 2}
+    for col in columns or table_columns(exp, agg, methods):
+        groups = {m: agg[m][col]["values"] for m in methods if agg.get(m, {}).get(col, {}).get("n", 0) >= 2}
         if len(groups) < 2:
             continue
         values = [np.asarray(v, dtype=np.float64) for v in groups.values()]
@@ -477,10 +489,10 @@ def seed_spread(exp: ExperimentConfig, agg: dict) -> list[dict]:
     return out
 
 
-def seed_spread_table(rows: list[dict]) -> str:
+def seed_spread_table(rows: list[dict], heading: str = "### Spread between seeds", explain: bool = True) -> str:
     if not rows:
         return ""
-    lines = ["### Spread between seeds", "",
+    lines = [heading, "",
              "| column | methods with 2+ seeds | runs | seed-to-seed std | std of method means | ANOVA F | p |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -488,6 +500,8 @@ def seed_spread_table(rows: list[dict]) -> str:
         p_text = "–" if r["p"] is None else f"{r['p']:.3f}"
         lines.append(f"| {r['column']} | {len(r['methods'])} | {r['runs']} | {r['seed_std']:.2f} | "
                      f"{r['std_of_means']:.2f} | {f_text} | {p_text} |")
+    if not explain:
+        return "\n".join(lines)
     lines += ["", "Seed-to-seed std: the standard deviation between seeds of one method, pooled over the methods with "
                   "two seeds or more; if no method differed, the method means (of k seeds each) would still scatter "
                   "by about that std / sqrt(k). One-way ANOVA over the per-seed accuracies, F (degrees of freedom): p "
@@ -504,18 +518,21 @@ def seed_accuracies(agg: dict, method: str, column: str) -> dict[int, float]:
     return dict(zip(stats["seeds"], stats["values"])) if stats else {}
 
 
-def comparisons(exp: ExperimentConfig, records: list[dict], agg: dict) -> list[dict]:
-    """Whether `compare_with` (KPOD) beats each other method, per column: the difference of pooled accuracies with its
-    interval, a verdict only where the interval excludes 0, and in how many of the seeds both finished it was ahead
-    (per-seed accuracies from `agg`, the records' `aggregate`)."""
-    ref = exp.compare_with
+def comparisons(exp: ExperimentConfig, records: list[dict], agg: dict, ref: str | None = None,
+                methods: list[str] | None = None, columns: list[str] | None = None) -> list[dict]:
+    """Whether `ref` (default the experiment's `compare_with`, KPOD) beats each other method (default: the zero-shot
+    row and every method), per column: the difference of pooled accuracies with its interval, a verdict only where the
+    interval excludes 0, and in how many of the seeds both finished it was ahead (per-seed accuracies from `agg`, the
+    records' `aggregate`)."""
+    ref = ref or exp.compare_with
     if not ref or ref not in exp.methods:
         return []
+    others = [m for m in (methods if methods is not None else [ZERO_SHOT, *exp.methods]) if m != ref]
     out = []
-    for col in table_columns(exp, agg, [ref]):
+    for col in columns or table_columns(exp, agg, [ref]):
         p_ref, n_ref = pooled_accuracy(records, ref, col)
         seeds_ref = seed_accuracies(agg, ref, col)
-        for method in [ZERO_SHOT] + [m for m in exp.methods if m != ref]:
+        for method in others:
             p, n = pooled_accuracy(records, method, col)
             if p is None or p_ref is None:
                 continue
@@ -531,22 +548,37 @@ def comparisons(exp: ExperimentConfig, records: list[dict], agg: dict) -> list[d
     return out
 
 
-def comparison_table(exp: ExperimentConfig, rows: list[dict]) -> str:
+def comparison_table(exp: ExperimentConfig, rows: list[dict], heading: str | None = None, explain: bool = True) -> str:
     if not rows:
         return ""
-    label = row_label(exp, exp.compare_with)
-    lines = [f"### {label} against each method", "",
+    label = row_label(exp, rows[0]["against"])
+    lines = [heading or f"### {label} against each method", "",
              f"| column | method | {label} − method (points) | 95 % interval | verdict | seeds {label} ahead |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['column']} | {row_label(exp, r['method'])} | {r['difference']:+.2f} | "
               f"[{r['low']:+.2f}, {r['high']:+.2f}] | {r['verdict']} | {r['seeds_ahead']}/{r['seeds_shared']} |"
               for r in rows]
+    if not explain:
+        return "\n".join(lines)
     lines += ["", f"Difference of accuracies pooled over each method's finished seeds. 95 % interval: Newcombe's "
                   f"score interval for two proportions over the test questions (the seeds answer the same questions, "
                   f"so they are not counted as more); it covers test-sampling noise, not the spread between training "
                   f"runs. A verdict needs the interval to exclude 0. Seeds ahead: seeds both finished where {label} "
                   f"scored higher (ties count as not)."]
     return "\n".join(lines)
+
+
+def table_checks(exp: ExperimentConfig, spec: TableSpec, records: list[dict], agg: dict, explain: bool) -> dict:
+    """A table's own reference row against each of its other rows, and the ANOVA over its rows (`TableSpec.compare_with`),
+    with their markdown."""
+    rows = comparisons(exp, records, agg, spec.compare_with, spec.methods, spec.columns)
+    spread = seed_spread(exp, agg, spec.methods, spec.columns)
+    label = row_label(exp, spec.compare_with)
+    parts = [comparison_table(exp, rows, f"#### {spec.title}: {label} against each row", explain),
+             seed_spread_table(spread, f"#### {spec.title}: spread between seeds of its rows", explain)]
+    if not explain:
+        parts.append("Difference, interval and ANOVA as in the experiment-wide tables below, over this table's rows.")
+    return {"comparison": rows, "seed_spread": spread, "markdown": "\n\n".join(p for p in parts if p)}
 
 
 def machine_label(machine: dict) -> str:
@@ -574,12 +606,16 @@ def write_report(exp: ExperimentConfig, records: list[dict], results_dir: str | 
     md = [f"# {exp.name}", "",
           f"Accuracy (%) on the test split, mean ± sample std over seeds {exp.seeds}; (n=k) marks a mean over fewer "
           f"seeds. {done}/{len(records)} cells finished.", ""]
-    for text in tables.values():
-        md += [text, ""]
     compared = comparisons(exp, records, agg)
+    spread = seed_spread(exp, agg)
+    within_tables = {}
+    for spec in specs:
+        md += [tables[spec.title], ""]
+        if spec.compare_with:
+            within_tables[spec.title] = table_checks(exp, spec, records, agg, explain=not (compared and spread))
+            md += [within_tables[spec.title].pop("markdown"), ""]
     if compared:
         md += [comparison_table(exp, compared), ""]
-    spread = seed_spread(exp, agg)
     if spread:
         md += [seed_spread_table(spread), ""]
     md += [cost_table(exp, records), ""]
@@ -589,7 +625,7 @@ def write_report(exp: ExperimentConfig, records: list[dict], results_dir: str | 
         md += ["Failed cells: " + ", ".join(r["cell"] for r in failed), ""]
     out = {"experiment": exp.name, "written": time.strftime("%Y-%m-%d %H:%M:%S"),
            "config": exp.model_dump(mode="json"), "cells": records, "aggregate": agg, "tables": tables,
-           "comparison": compared, "seed_spread": spread}
+           "comparison": compared, "seed_spread": spread, "table_comparisons": within_tables}
     (results_dir / f"{exp.name}.json").write_text(json.dumps(out, indent=1, default=str))
     (results_dir / f"{exp.name}.md").write_text("\n".join(md))
     try:
