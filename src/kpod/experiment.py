@@ -576,7 +576,7 @@ def table_checks(exp: ExperimentConfig, spec: TableSpec, records: list[dict], ag
     label = row_label(exp, spec.compare_with)
     parts = [comparison_table(exp, rows, f"#### {spec.title}: {label} against each row", explain),
              seed_spread_table(spread, f"#### {spec.title}: spread between seeds of its rows", explain)]
-    if not explain:
+    if not explain and any(parts):
         parts.append("Difference, interval and ANOVA as in the experiment-wide tables below, over this table's rows.")
     return {"comparison": rows, "seed_spread": spread, "markdown": "\n\n".join(p for p in parts if p)}
 
