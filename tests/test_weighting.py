@@ -40,6 +40,7 @@ from kpod.weighting.batching import (
     answer_nll,
     build_predictor_batch,
     pad_examples,
+    pad_id_lists,
     sample_prefix_lengths,
 )
 from kpod.weighting.train import score_function_surrogate, weighting_loss
@@ -388,6 +389,37 @@ def test_inference_does_not_depend_on_the_batch():
     together = predict_token_weights(module, rationales, batch_size=6)
     alone = [predict_token_weights(module, [r])[0] for r in rationales]
     assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(together, alone))
+
+
+def test_centred_logits_keep_one_common_level_per_rationale():
+    config = WeightingConfig(center_logits=True, initial_keep_probability=0.8)
+    torch.manual_seed(0)
+    module = TokenWeightingModule(tiny_llama().get_input_embeddings(), config)
+    with torch.no_grad():
+        module.weight_generator[-1].weight.normal_(std=1.0)  # tokens differ, as after training
+        module.keep_level.fill_(-0.7)
+    rationales = [e.rationale_ids[: 5 + 3 * i] for i, e in enumerate(make_examples(3, seed=5))]
+    ids, lengths = pad_id_lists(rationales)
+    real = torch.arange(ids.shape[1])[None] < lengths[:, None]
+    z = module.logits(ids, real.long()).detach()
+    raw = config.logit_bound * torch.atanh(z / config.logit_bound)  # undo the soft bound
+    for row, n in enumerate(lengths.tolist()):
+        assert raw[row, :n].mean().item() == pytest.approx(-0.7, abs=1e-4)  # padding left out of the mean
+        assert raw[row, :n].std().item() > 0.1  # the tokens still differ around it
+    alone = [predict_token_weights(module, [r])[0] for r in rationales]  # padding does not move a real token
+    assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(predict_token_weights(module, rationales), alone))
+    assert "keep_level" not in dict(TokenWeightingModule(tiny_llama().get_input_embeddings(), WeightingConfig()).named_parameters())
+
+
+def test_centred_logits_still_keep_digits_and_mask_filler(pretrained_predictor):
+    """With the common level apart from the per-token differences, the default settings still separate keypoints."""
+    examples = make_examples(256, seed=11)
+    weights, stats = train_token_weighting(
+        examples, pretrained_predictor.get_input_embeddings(), pretrained_predictor,
+        WeightingConfig(max_steps=40, center_logits=True), CUE, progress=False,
+    )
+    digit, filler = class_means(weights, examples)
+    assert digit > 0.9 and filler < 0.2, (digit, filler)
 
 
 # --- artefact, summary, pictures ----------------------------------------------------------------------------

@@ -42,8 +42,10 @@ class WeightingConfig(LaterOptions, BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # Added after weights were cached and grids reported (see `kpod.options`), with the values of the time before.
-    ADDED_LATER: ClassVar[dict[str, object]] = {"gradient_estimator": "gumbel_softmax", "score_function_samples": 4}
-    ADDED_AFTER_CELLS: ClassVar[tuple[str, ...]] = ("gradient_estimator", "score_function_samples")
+    ADDED_LATER: ClassVar[dict[str, object]] = {
+        "gradient_estimator": "gumbel_softmax", "score_function_samples": 4, "center_logits": False,
+    }
+    ADDED_AFTER_CELLS: ClassVar[tuple[str, ...]] = ("gradient_estimator", "score_function_samples", "center_logits")
 
     # --- the loss (Eqs. 5-7) ---
     alpha: float = Field(
@@ -90,6 +92,15 @@ class WeightingConfig(LaterOptions, BaseModel):
         description="Keep logits are bounded softly to (-b, b) (b * tanh(z / b)), so w lies in "
         "(sigmoid(-b), sigmoid(b)) = (0.0025, 0.9975) for b = 6. Without a bound the mask loss keeps "
         "pushing already-masked filler down through the shared layers and can drag keypoints along.",
+    )
+    center_logits: bool = Field(
+        False,
+        description="Not in the paper. True: f_w's outputs are centred over each rationale's tokens and one learned "
+        "scalar, the keep level, is added back (z_j = f_w(e_j) - mean_k f_w(e_k) + level, before the bound), so the "
+        "shared layers learn only how tokens differ and the mask loss lowers every token together through the "
+        "level alone. Meant against the drift seen on GSM8K (results/weighting_trajectory_gsm8k_lr3e-3.md), where "
+        "the mask loss moved every token as one, or first separated keypoints and then dragged them down with "
+        "the rest.",
     )
     initial_keep_probability: float = Field(
         0.9,

@@ -68,7 +68,10 @@ class TokenWeightingModule(nn.Module):
         logit = math.log(p / (1.0 - p))
         if abs(logit) >= config.logit_bound:
             raise ValueError(f"initial_keep_probability={p} lies outside the logit bound {config.logit_bound}")
-        nn.init.constant_(last.bias, config.logit_bound * math.atanh(logit / config.logit_bound))
+        start = config.logit_bound * math.atanh(logit / config.logit_bound)
+        nn.init.constant_(last.bias, start)
+        # With centring the bias cancels out; the common keep level is then this one scalar (see center_logits).
+        self.keep_level = nn.Parameter(torch.tensor(start)) if config.center_logits else None
 
     def logits(self, token_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Keep logits z_j with w_j = sigmoid(z_j).
@@ -85,6 +88,10 @@ class TokenWeightingModule(nn.Module):
         attended, _ = self.attention(h, h, h, key_padding_mask=padding, need_weights=False)
         e = x + attended  # Eq. 2
         raw = self.weight_generator(self.mlp_norm(e)).squeeze(-1)  # Eq. 3 before the sigmoid
+        if self.keep_level is not None:
+            real = attention_mask.to(raw.dtype)
+            mean = (raw * real).sum(-1, keepdim=True) / real.sum(-1, keepdim=True).clamp_min(1.0)
+            raw = raw - mean + self.keep_level
         # A soft bound: the many filler tokens cannot be pushed towards -inf through the shared layers
         # (which drags the few keypoints down with them), and w stays strictly inside (0, 1).
         return self.logit_bound * torch.tanh(raw / self.logit_bound)
