@@ -27,11 +27,10 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from kpod.cli import parse_overrides  # noqa: E402
 from kpod.config import load_config  # noqa: E402
-from kpod.curriculum.stages import ANSWER_CUE, weighting_examples  # noqa: E402
+from kpod.curriculum.stages import ANSWER_CUE, weighted_rationales, weighting_examples  # noqa: E402
 from kpod.evaluation.evaluate import git_commit, machine  # noqa: E402
 from kpod.models import load_student  # noqa: E402
 from kpod.pipeline import Pipeline  # noqa: E402
-from kpod.weighting.artefact import WeightedRationale, token_strings  # noqa: E402
 from kpod.weighting.summary import TOKEN_CLASSES, summarize_weights  # noqa: E402
 from kpod.weighting.train import fit_weighting_module, predict_token_weights  # noqa: E402
 
@@ -41,11 +40,8 @@ SHOWN_CLASSES = ("digit", "operator", "cue_word", "other_word", "punctuation")
 
 def snapshot(module, tok, examples, weighting_inputs, batch_size: int) -> dict:
     """Mean weight per token class (and overall mean and spread) of every rationale under the module as it is now."""
-    rationales = [e.rationale_ids for e in weighting_inputs]
-    weights = predict_token_weights(module, rationales, batch_size)
-    rows = (WeightedRationale(ex.key, token_strings(tok, ids), ids, w.tolist(), [list(s) for s in ex.step_spans])
-            for ex, ids, w in zip(examples, rationales, weights))
-    s = summarize_weights(rows)
+    weights = predict_token_weights(module, [e.rationale_ids for e in weighting_inputs], batch_size)
+    s = summarize_weights(weighted_rationales(tok, examples, weights))
     return {"mean_weight": round(s["mean_weight"], 4), "weight_std": round(s["weight_std"], 4),
             "classes": {c: s["classes"][c]["mean_weight"] for c in TOKEN_CLASSES}}
 

@@ -45,6 +45,13 @@ def weighting_examples(tokenizer, examples: list[EncodedExample], questions: dic
     return out
 
 
+def weighted_rationales(tokenizer, examples: list[EncodedExample], weights: list[np.ndarray]):
+    """One artefact row per example: its rationale tokens (the target before the answer) with their weights."""
+    for ex, w in zip(examples, weights):
+        ids = ex.target_ids[: ex.answer_start]
+        yield WeightedRationale(ex.key, token_strings(tokenizer, ids), ids, w.tolist(), [list(s) for s in ex.step_spans])
+
+
 def run_weighting(tokenizer, examples, questions, predictor, settings: KpodSettings, out_dir: Path,
                   progress: bool = True) -> list[np.ndarray]:
     t0 = time.time()
@@ -55,11 +62,7 @@ def run_weighting(tokenizer, examples, questions, predictor, settings: KpodSetti
     )
     stats["wall_s"] = round(time.time() - t0, 1)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_weights_jsonl(out_dir / "weights.jsonl", (
-        WeightedRationale(ex.key, token_strings(tokenizer, ex.target_ids[: ex.answer_start]),
-                          ex.target_ids[: ex.answer_start], w.tolist(), [list(s) for s in ex.step_spans])
-        for ex, w in zip(examples, weights)
-    ))
+    save_weights_jsonl(out_dir / "weights.jsonl", weighted_rationales(tokenizer, examples, weights))
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=1, default=str))
     write_weighting_report(out_dir, seed=settings.weighting.seed)
     log.info("weighting: %.0f s, mean weight %.3f, std %.3f", stats["wall_s"], stats.get("mean_weight", float("nan")),
