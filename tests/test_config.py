@@ -73,6 +73,19 @@ def test_later_weighting_options_stay_out_of_fingerprints_at_their_old_values():
     assert fingerprint(default.kpod) != fingerprint(score.kpod)
 
 
+def test_cutting_answer_statements_is_the_default_and_grids_that_keep_them_keep_their_fingerprints():
+    """data.strip_answer_statement came after the grids ran: pinned to false (how kpod read rationales before it),
+    a stage and a cell have the fingerprints they had; the new default, true, changes them."""
+    from kpod.pipeline import fingerprint
+
+    new, old = RunConfig(), RunConfig.model_validate({"data": {"strip_answer_statement": False}})
+    assert new.data.strip_answer_statement
+    assert "strip_answer_statement" not in old.data.fingerprint_fields()
+    assert "strip_answer_statement" not in old.fingerprint_dump()["data"]
+    assert new.fingerprint_dump()["data"]["strip_answer_statement"] is True
+    assert fingerprint(new.data) != fingerprint(old.data)
+
+
 def test_gradient_checkpointing_with_lora_and_accumulation_gives_the_same_losses(smol_tokenizer, tmp_path):
     from kpod.data.datasets import load_split
     from kpod.data.rationales import import_rationales

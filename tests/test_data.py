@@ -8,7 +8,7 @@ import pytest
 
 from kpod.data.custom import load_user_jsonl
 from kpod.data.datasets import PACKAGED_DATA, load_split, split_counts
-from kpod.data.rationales import assert_no_leakage, import_rationales, normalise_text
+from kpod.data.rationales import assert_no_leakage, import_rationales, normalise_text, split_answer_statement
 from kpod.data.records import DataError, Rationale
 
 PAPER_COUNTS = {
@@ -145,3 +145,46 @@ def test_csqa_palm_rationales_cover_train_only(shared_data):
     assert report["rationales"] == 8520 and report["dropped_not_in_train_split"] == 1221
     accuracy = report["correct"] / report["rationales"]
     assert 0.6 < accuracy < 0.9  # about 76 % of PaLM's CSQA answers are right (data README)
+
+
+@pytest.mark.parametrize("text, reasoning, statement", [
+    ("8 * 2 = 16. 16 + 8 * 4 = 48. The answer is 48", "8 * 2 = 16. 16 + 8 * 4 = 48.", "The answer is 48"),  # LLaMA-3
+    ("84 / 2 = 42. The answer is (84 / 2).", "84 / 2 = 42.", "The answer is (84 / 2)."),  # PaLM, SVAMP
+    ("Only sincere describes a good person. So the answer is (e) sincere.",
+     "Only sincere describes a good person.", "So the answer is (e) sincere."),  # PaLM, CSQA
+    ("3 + 2 owls.\nTherefore, the answer is 3+2=5.", "3 + 2 owls.", "Therefore, the answer is 3+2=5."),
+    ("So the answer is 5. Check: 2 + 3 = 5. The answer is 5", "So the answer is 5. Check: 2 + 3 = 5.", "The answer is 5"),
+])
+def test_a_closing_answer_statement_is_cut_from_the_reasoning(text, reasoning, statement):
+    assert split_answer_statement(text) == (reasoning, statement)
+
+
+@pytest.mark.parametrize("text", [
+    "She has 35 + 33 = 68 bottle caps.",  # GPT-3.5's usual ending: no statement
+    "I think the answer is 5 because 2 + 3 = 5.",  # mid-sentence, not a statement of its own
+    "The answer is 5.\nCheck: 2 + 3 = 5.",  # reasoning follows the trigger
+    "The answer is 48",  # nothing would be left
+])
+def test_text_without_a_closing_answer_statement_is_kept_whole(text):
+    assert split_answer_statement(text) == (text, "")
+
+
+@pytest.mark.parametrize("strip", [True, False])
+def test_gsm8k_targets_get_one_answer_sentence_when_the_statement_is_cut(shared_data, strip):
+    from kpod.config import RunConfig
+    from kpod.data.prompts import render_target
+    from kpod.pipeline import collect_rationales
+
+    cfg = RunConfig.model_validate({"data": {"dataset": "gsm8k", "data_dir": str(shared_data), "max_train_questions": 40,
+                                             "strip_answer_statement": strip}})
+    questions, rationales, report = collect_rationales(cfg)
+    gold = {q.id: q.answer for q in questions}
+    targets = [render_target(r.rationale, gold[r.id], cfg.data.target_template)[0] for r in rationales]
+    # Every LLaMA-3 rationale states its answer at the end; the template adds "Therefore, the answer is N." after it.
+    sentences = [t.lower().count("the answer is") for t in targets]
+    if strip:
+        assert report["answer_statements_cut"] == len(rationales) == sentences.count(1)
+        assert all(r.meta["answer_statement"].startswith("The answer is") for r in rationales)
+    else:
+        assert "answer_statements_cut" not in report and sentences.count(2) == len(rationales)
+

@@ -31,12 +31,19 @@ class DataConfig(Strict):
     answer_type: Literal["number", "choice"] = Field("number", description="custom dataset: how answers are read")
     rationale_source: str | None = Field(None, description="released teacher set (gpt35, palm, llama3) or a rationale JSONL from `kpod teach`; default: the dataset's usual source")
     only_correct: bool = Field(True, description="keep only rationales whose answer matches gold (the paper's filter)")
+    strip_answer_statement: bool = Field(
+        True, description="cut a rationale's closing answer statement ('... = 48. The answer is 48'), as the LLaMA-3 "
+        "and PaLM releases end theirs: the target template adds its own answer sentence")
     rationales_per_question: int | None = Field(1, ge=1, description="rationales kept per question (first ones); null keeps all (multi-rationale baselines)")
     max_train_questions: int | None = Field(None, ge=1, description="use only the first N training questions (quick runs)")
     splitter: str = Field("period", description="step splitter: 'period' (the paper) or 'period_or_newline'")
     max_length: int = Field(384, ge=16, description="longest prompt+target in tokens; longer examples are skipped and counted")
     prompt_template: str = Field(DEFAULT_PROMPT, description="student input; {question} is replaced")
     target_template: str = Field(DEFAULT_TARGET, description="student target; {rationale} and {answer} are replaced")
+
+    # Options added later (see `Strict.ADDED_LATER`), with the values that reproduce how kpod trained before them.
+    ADDED_LATER: ClassVar[dict[str, object]] = {"strip_answer_statement": False}
+    ADDED_AFTER_CELLS: ClassVar[tuple[str, ...]] = ("strip_answer_statement",)
 
     @model_validator(mode="after")
     def _custom_needs_files(self):

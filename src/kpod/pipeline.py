@@ -35,7 +35,7 @@ from kpod.baselines.registry import MethodContext, get_method, prepare_training,
 from kpod.config import RunConfig, dump_config
 from kpod.data.custom import load_user_jsonl
 from kpod.data.datasets import load_split
-from kpod.data.rationales import assert_no_leakage, import_rationales
+from kpod.data.rationales import assert_no_leakage, import_rationales, without_answer_statements
 from kpod.data.records import DataError, Question, Rationale, read_jsonl, write_jsonl
 from kpod.distill.dataset import DistillDataset
 from kpod.distill.examples import EncodedExample, encode_examples
@@ -123,6 +123,8 @@ def collect_rationales(cfg: RunConfig) -> tuple[list[Question], list[Rationale],
             per_q[r.id].append(r)
         report["dropped_over_rationales_per_question"] = sum(max(0, len(v) - d.rationales_per_question) for v in per_q.values())
         rationales = [r for v in per_q.values() for r in v[: d.rationales_per_question]]
+    if d.strip_answer_statement:
+        rationales, report["answer_statements_cut"] = without_answer_statements(rationales)
     report["kept_rationales"] = len(rationales)
     report["kept_questions"] = len({r.id for r in rationales})
     report["train_questions_used"] = len(questions)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -186,6 +186,40 @@ def import_rationales(
         "train_questions_with_correct_rationale": len(covered),
     }
     return out, report
+
+
+# A sentence that opens with an answer trigger: "The answer is 48" (LLaMA-3, GSM8K), "So the answer is (d) math
+# problem." (PaLM, CSQA), "The answer is (84 / 2)." (PaLM, SVAMP). Capitalised, so "I think the answer is" mid-sentence
+# does not count.
+ANSWER_STATEMENT = re.compile(r"(?:\b(?:So|Therefore|Thus|Hence),?\s+the|\bThe) answer is\b")
+
+
+def split_answer_statement(text: str) -> tuple[str, str]:
+    """(reasoning, closing answer statement): the statement is the text from the last answer trigger on, when that
+    is the rationale's last line. A student target adds its own answer sentence after the rationale
+    (`data.target_template`), so a rationale that keeps the teacher's would teach two. ("", when there is none, or
+    when the trigger opens the text and nothing would be left.)"""
+    last = None
+    for last in ANSWER_STATEMENT.finditer(text):
+        pass
+    if last is None:
+        return text, ""
+    reasoning, statement = text[: last.start()].rstrip(), text[last.start():].strip()
+    if not reasoning or "\n" in statement:
+        return text, ""
+    return reasoning, statement
+
+
+def without_answer_statements(rationales: list[Rationale]) -> tuple[list[Rationale], int]:
+    """The rationales with their closing answer statement cut (kept in meta["answer_statement"]), and how many had one."""
+    out, cut = [], 0
+    for r in rationales:
+        reasoning, statement = split_answer_statement(r.rationale)
+        if statement:
+            r = replace(r, rationale=reasoning, meta={**r.meta, "answer_statement": statement})
+            cut += 1
+        out.append(r)
+    return out, cut
 
 
 def only_correct(rationales: list[Rationale]) -> list[Rationale]:
