@@ -197,14 +197,13 @@ ANSWER_STATEMENT = re.compile(r"(?:\b(?:So|Therefore|Thus|Hence),?\s+the|\bThe) 
 def split_answer_statement(text: str) -> tuple[str, str]:
     """(reasoning, closing answer statement): the statement is the text from the last answer trigger on, when that
     is the rationale's last line. A student target adds its own answer sentence after the rationale
-    (`data.target_template`), so a rationale that keeps the teacher's would teach two. ("", when there is none, or
-    when the trigger opens the text and nothing would be left.)"""
-    last = None
-    for last in ANSWER_STATEMENT.finditer(text):
-        pass
-    if last is None:
+    (`data.target_template`), so a rationale that keeps the teacher's would teach two. (text, "") when there is no
+    such statement, or when the trigger opens the text and nothing would be left."""
+    triggers = list(ANSWER_STATEMENT.finditer(text))
+    if not triggers:
         return text, ""
-    reasoning, statement = text[: last.start()].rstrip(), text[last.start():].strip()
+    start = triggers[-1].start()
+    reasoning, statement = text[:start].rstrip(), text[start:].strip()
     if not reasoning or "\n" in statement:
         return text, ""
     return reasoning, statement
