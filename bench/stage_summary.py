@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from kpod.evaluation.evaluate import git_commit  # noqa: E402
+from kpod.weighting.artefact import load_weights_jsonl  # noqa: E402
 
 SHOWN_CLASSES = ("digit", "operator", "other_word")
 # Within this of 0 or 1 a weight sits at the module's soft bound (0.0025 / 0.9975 by default): the token is as good as
@@ -26,13 +27,11 @@ NEAR_BOUND = 0.01
 
 def bound_shares(weights_jsonl: Path) -> list[float]:
     """Shares of all rationale tokens with weight below NEAR_BOUND and above 1 - NEAR_BOUND."""
-    low = high = total = 0
-    for line in weights_jsonl.read_text().splitlines():
-        w = json.loads(line)["weights"]
-        low += sum(x < NEAR_BOUND for x in w)
-        high += sum(x > 1 - NEAR_BOUND for x in w)
-        total += len(w)
-    return [round(low / total, 3), round(high / total, 3)] if total else [None, None]
+    weights = [x for row in load_weights_jsonl(weights_jsonl) for x in row.weights]
+    if not weights:
+        return [None, None]
+    low, high = sum(x < NEAR_BOUND for x in weights), sum(x > 1 - NEAR_BOUND for x in weights)
+    return [round(low / len(weights), 3), round(high / len(weights), 3)]
 
 
 def cell_summary(cell: Path) -> dict | None:
