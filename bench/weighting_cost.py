@@ -93,10 +93,6 @@ def main() -> None:
             for name in ("weights.html", "weights.png", "summary.json", "stats.json"):
                 if (out_dir / name).exists():
                     shutil.copy(out_dir / name, figure_dir / name)
-            # The summary lists its files by their temporary paths: name them as they lie beside it.
-            copied = json.loads((figure_dir / "summary.json").read_text())
-            copied["files"] = [Path(f).name for f in copied.get("files", [])]
-            (figure_dir / "summary.json").write_text(json.dumps(copied, indent=1))
 
     plain = None if a.no_plain else plain_epoch_seconds(cfg, examples, work)
     result = {

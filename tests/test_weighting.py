@@ -8,8 +8,10 @@ two digits in order. Only the digits matter, so a working module must keep them 
 from __future__ import annotations
 
 import html
+import json
 import logging
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -488,6 +490,11 @@ def test_raw_vocabulary_tokens_are_read_like_decoded_ones(tmp_path):
     assert summary["shown"] in (["q1#0"], ["q2#0"]) and summary["num_rationales"] == 2
     assert "Ġ" not in (tmp_path / "weights.html").read_text(encoding="utf-8")
     assert {p.name for p in tmp_path.iterdir()} >= {"summary.json", "weights.html", "weights.png"}
+    # The file on disk names its neighbours relative to its folder (folders are copied between runs); the
+    # returned summary gives their paths.
+    written = json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))
+    assert written["files"] == [Path(f).name for f in summary["files"]]
+    assert all(Path(f).parent == tmp_path for f in summary["files"])
 
 
 @pytest.mark.slow

@@ -19,7 +19,8 @@ def write_weighting_report(
 ) -> dict:
     """Read `weighting_dir/weights.jsonl`; write `summary.json`, `weights.html` and (with matplotlib)
     `weights.png` there, showing the rationales `keys` or else `n_show` drawn with `seed`.
-    Returns the summary (see `summarize_weights`) with a "files" entry listing what was written."""
+    Returns the summary (see `summarize_weights`) with a "files" entry listing the paths written; summary.json
+    itself names them relative to its folder, so that the folder can be copied or moved (the stage cache does)."""
     weighting_dir = Path(weighting_dir)
     rows = load_weights_jsonl(weighting_dir / "weights.jsonl")
     summary = summarize_weights(rows)
@@ -32,6 +33,6 @@ def write_weighting_report(
     summary["shown"] = [r.rationale_key for r in shown]
     summary_path = weighting_dir / "summary.json"
     files.append(str(summary_path))
-    summary["files"] = files
+    summary["files"] = [Path(f).name for f in files]
     summary_path.write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    return summary
+    return {**summary, "files": files}
