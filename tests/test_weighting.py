@@ -424,6 +424,34 @@ def test_centred_logits_still_keep_digits_and_mask_filler(pretrained_predictor):
     assert digit > 0.9 and filler < 0.2, (digit, filler)
 
 
+def test_whole_rationale_prefixes_feed_the_predictor_every_masked_rationale_whole():
+    """answer_prefixes='whole': one predictor row per rationale, holding question, the whole rationale, cue and answer."""
+    examples = make_examples(8, seed=12)
+    predictor = tiny_llama()
+    seen: list[list[int]] = []
+    predictor.register_forward_hook(
+        lambda module, args, kwargs, out: seen.append(kwargs["attention_mask"].sum(dim=1).tolist()), with_kwargs=True
+    )
+    whole = len(QUESTION) + 12 + len(CUE) + 2  # every synthetic rationale has 12 tokens and a 2-token answer
+    config = WeightingConfig(max_steps=3, batch_size=4, answer_prefixes="whole", num_prefix_lengths=3)
+    train_token_weighting(examples, predictor.get_input_embeddings(), predictor, config, CUE, progress=False)
+    assert seen and all(rows == [whole] * 4 for rows in seen), seen
+    seen.clear()
+    config = WeightingConfig(max_steps=3, batch_size=4, num_prefix_lengths=3)  # the paper's: sampled prefixes
+    train_token_weighting(examples, predictor.get_input_embeddings(), predictor, config, CUE, progress=False)
+    assert all(len(rows) == 12 for rows in seen) and any(n < whole for rows in seen for n in rows)
+
+
+def test_whole_rationale_prefixes_still_keep_digits_and_mask_filler(pretrained_predictor):
+    examples = make_examples(256, seed=13)
+    weights, _ = train_token_weighting(
+        examples, pretrained_predictor.get_input_embeddings(), pretrained_predictor,
+        WeightingConfig(max_steps=40, answer_prefixes="whole"), CUE, progress=False,
+    )
+    digit, filler = class_means(weights, examples)
+    assert digit > 0.9 and filler < 0.2, (digit, filler)
+
+
 # --- artefact, summary, pictures ----------------------------------------------------------------------------
 
 

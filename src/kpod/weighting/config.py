@@ -34,6 +34,7 @@ PredictorMode = Literal["frozen", "lora", "full"]
 TemperatureSchedule = Literal["exponential", "linear", "constant"]
 GradientEstimator = Literal["gumbel_softmax", "score_function"]
 MaskLossNormalisation = Literal["per_token", "sum"]
+AnswerPrefixes = Literal["every", "whole"]
 
 
 class WeightingConfig(LaterOptions, BaseModel):
@@ -44,8 +45,11 @@ class WeightingConfig(LaterOptions, BaseModel):
     # Added after weights were cached and grids reported (see `kpod.options`), with the values of the time before.
     ADDED_LATER: ClassVar[dict[str, object]] = {
         "gradient_estimator": "gumbel_softmax", "score_function_samples": 4, "center_logits": False,
+        "answer_prefixes": "every",
     }
-    ADDED_AFTER_CELLS: ClassVar[tuple[str, ...]] = ("gradient_estimator", "score_function_samples", "center_logits")
+    ADDED_AFTER_CELLS: ClassVar[tuple[str, ...]] = (
+        "gradient_estimator", "score_function_samples", "center_logits", "answer_prefixes",
+    )
 
     # --- the loss (Eqs. 5-7) ---
     alpha: float = Field(
@@ -70,6 +74,15 @@ class WeightingConfig(LaterOptions, BaseModel):
         "proportionally more predictor compute. 1, 2 and 4 all worked on the synthetic task; on the real "
         "SVAMP rationales 1 sample per rationale with a frozen predictor separated digits from words in 30 "
         "steps (results/weighting_cost.md), at half the cost of 2.",
+    )
+
+    answer_prefixes: AnswerPrefixes = Field(
+        "every",
+        description="Which masked rationale prefixes the predictor answers from. 'every' (the paper's Eq. 5): prefix "
+        "lengths sampled uniformly over 0..L (num_prefix_lengths per rationale). 'whole' (not in the paper): the "
+        "whole masked rationale only, one row per rationale, so num_prefix_lengths is not read. Meant for multi-step "
+        "rationales whose answer can only be read at the end: on GSM8K the frozen default student answers worse from "
+        "a partial rationale than from none, so most sampled prefixes reward masking (results/weighting_objective_gsm8k.md).",
     )
 
     # --- the module (Eqs. 2-3) ---

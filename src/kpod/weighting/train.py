@@ -4,7 +4,8 @@ One step, for a batch of rationales:
   1. w = sigmoid(module(r)) and a Gumbel-Softmax sample m over {keep, mask} (Eq. 4, annealed temperature):
      the relaxed sample by default, the hard straight-through one with `hard_mask=True`;
   2. for a few sampled prefix lengths k per rationale, the predictor reads [question][r[m]_<k][cue][answer]
-     through `inputs_embeds` and is scored on the answer tokens: L_p (Eq. 5);
+     through `inputs_embeds` and is scored on the answer tokens: L_p (Eq. 5) (with `answer_prefixes='whole'`,
+     not the paper's, k is the whole rationale's length);
   3. L_m = mean_j m_j (or sum_j m_j, Eq. 6) and L = L_p + alpha * L_m (Eq. 7); module, mask vector and the
      trainable predictor parameters take one Adam step.
 With `gradient_estimator='score_function'` (not the paper's) steps 1-2 draw several hard masks per rationale,
@@ -244,8 +245,14 @@ def fit_weighting_module(
         if not score_function:  # the score-function estimator draws hard masks: no Gumbel temperature to record
             stats["temperature"] = []
 
+        def answer_prefix_lengths(batch: PaddedExamples) -> torch.Tensor:
+            """[B, P] prefix lengths the predictor answers from (see WeightingConfig.answer_prefixes)."""
+            if config.answer_prefixes == "whole":
+                return batch.rationale_lengths[:, None].clone()
+            return sample_prefix_lengths(batch.rationale_lengths, config.num_prefix_lengths, noise_rng)
+
         def step(batch: PaddedExamples, keep: torch.Tensor, alpha: float) -> tuple[torch.Tensor, ...]:
-            prefixes = sample_prefix_lengths(batch.rationale_lengths, config.num_prefix_lengths, noise_rng)
+            prefixes = answer_prefix_lengths(batch)
             inputs = build_predictor_batch(
                 batch, keep, prefixes, token_embedding, cue, config.mask_representation, mask_vector
             )
@@ -258,7 +265,7 @@ def fit_weighting_module(
             with torch.no_grad():
                 uniform = torch.rand((len(probs), samples, probs.shape[1]), generator=noise_rng, device=device)
                 keep = (uniform < probs[:, None]).to(probs.dtype)  # [B, S, L] hard samples of Bernoulli(w)
-                prefixes = sample_prefix_lengths(batch.rationale_lengths, config.num_prefix_lengths, noise_rng)
+                prefixes = answer_prefix_lengths(batch)
                 inputs = build_predictor_batch(
                     batch.repeat_each(samples), keep.flatten(0, 1), prefixes.repeat_interleave(samples, dim=0),
                     token_embedding, cue, config.mask_representation, mask_vector,
