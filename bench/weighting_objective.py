@@ -1,0 +1,179 @@
+"""Which mask does the weighting objective itself prefer? The value of L = L_p + alpha * L_m (Eqs. 5-7) at a few fixed
+hard masks of the real training rationales, with the frozen default student as answer predictor.
+
+The weighting module can only learn the paper's pattern (keypoints kept, filler masked) if that mask scores better
+under its loss than keeping nothing. This bench evaluates the loss, without training anything, at:
+
+- keep all: every rationale token kept (L_m = 1 with the per-token normalisation);
+- mask all: every token replaced by the mask vector (L_m = 0);
+- keypoints: digits and operators kept, every other token masked (L_m = their share of the tokens);
+- random: as many tokens as the keypoints, chosen at random (seeded), kept: the control.
+
+L_p is the summed answer NLL averaged over prefix lengths k = round(f * L) at evenly spaced fractions f of each
+rationale, 0 and 1 included (a fixed-grid estimate of the uniform mean over all prefixes that the training samples);
+the mask vector is at its starting value (the mean input embedding), tokens are replaced as in 'mask_embedding'.
+It reports, per mask, L_p, L_m and L at the configured alpha, the alpha below which the keypoint mask beats masking
+everything (alpha* = (L_p(mask all) - L_p(keypoints)) / L_m(keypoints)), and how the answer NLL falls along the
+rationale (keep all and keypoints against mask all, per prefix fraction).
+
+    python bench/weighting_objective.py --out results/weighting_objective_svamp
+    KPOD_DATA_DIR=path/to/data python bench/weighting_objective.py --set data.dataset=gsm8k \
+        --out results/weighting_objective_gsm8k
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from kpod.cli import parse_overrides  # noqa: E402
+from kpod.config import load_config  # noqa: E402
+from kpod.curriculum.stages import ANSWER_CUE, weighting_examples  # noqa: E402
+from kpod.evaluation.evaluate import git_commit, machine  # noqa: E402
+from kpod.models import load_student  # noqa: E402
+from kpod.pipeline import Pipeline  # noqa: E402
+from kpod.weighting.artefact import token_strings  # noqa: E402
+from kpod.weighting.batching import answer_nll, build_predictor_batch, pad_examples  # noqa: E402
+from kpod.weighting.summary import classify_token  # noqa: E402
+from kpod.weighting.train import answer_logits_fn, mean_input_embedding  # noqa: E402
+
+MASKS = ("keep_all", "mask_all", "keypoints", "random")
+KEYPOINT_CLASSES = ("digit", "operator")
+
+
+def keep_vectors(tok, inputs, max_tokens: int, seed: int) -> dict[str, list[np.ndarray]]:
+    """Per mask name, one 0/1 keep vector per rationale (truncated as the training truncates)."""
+    rng = np.random.default_rng(seed)
+    out = {m: [] for m in MASKS}
+    for ex in inputs:
+        ids = ex.rationale_ids[:max_tokens]
+        keypoint = np.array([classify_token(s) in KEYPOINT_CLASSES for s in token_strings(tok, ids)], dtype=np.float32)
+        random = np.zeros(len(ids), dtype=np.float32)
+        random[rng.choice(len(ids), size=int(keypoint.sum()), replace=False)] = 1.0
+        out["keep_all"].append(np.ones(len(ids), dtype=np.float32))
+        out["mask_all"].append(np.zeros(len(ids), dtype=np.float32))
+        out["keypoints"].append(keypoint)
+        out["random"].append(random)
+    return out
+
+
+@torch.no_grad()
+def prefix_nll(model, inputs, keeps: list[np.ndarray], fractions: np.ndarray, wcfg, cue, mask_vector,
+               batch_size: int) -> np.ndarray:
+    """Answer NLL [N, F] of every rationale under its keep vector, at each prefix fraction."""
+    data = pad_examples(inputs, wcfg)
+    embedding = model.get_input_embeddings()
+    forward = answer_logits_fn(model)
+    rows = []
+    for start in range(0, len(inputs), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(inputs)))
+        batch = data.select(index)
+        keep = torch.zeros(batch.rationale.shape, dtype=torch.float32)
+        for row, i in enumerate(index.tolist()):
+            keep[row, : len(keeps[i])] = torch.from_numpy(keeps[i])
+        prefixes = torch.round(batch.rationale_lengths[:, None].float() * torch.from_numpy(fractions)[None].float()).long()
+        built = build_predictor_batch(batch, keep, prefixes, embedding, cue, wcfg.mask_representation, mask_vector)
+        rows.append(answer_nll(forward(built), built.labels).view(len(index), -1).numpy())
+    return np.concatenate(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("config", nargs="?", default=str(ROOT / "configs" / "default.yaml"))
+    ap.add_argument("--examples", type=int, default=96, help="training rationales scored (the first N)")
+    ap.add_argument("--fractions", type=int, default=9, help="prefix fractions, evenly spaced over [0, 1]")
+    ap.add_argument("--batch-size", type=int, default=4, help="rationales per forward pass (times the fractions rows)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random control mask")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    ap.add_argument("--out", default=str(ROOT / "results" / "weighting_objective"))
+    a = ap.parse_args()
+    if a.examples < 1 or a.fractions < 2:
+        ap.error("--examples must be at least 1 and --fractions at least 2")
+
+    cfg = load_config(a.config, parse_overrides(a.set))
+    wcfg = cfg.kpod.weighting
+    if wcfg.mask_representation != "mask_embedding":
+        ap.error("this bench replaces masked tokens by the mask vector: keep kpod.weighting.mask_representation "
+                 "at 'mask_embedding'")
+    work = Path(tempfile.mkdtemp(prefix="kpod-weighting-objective-"))
+    cfg.run_dir = str(work)  # the data stages write there; nothing of it is kept
+    pipe = Pipeline(cfg, progress=False)
+    questions, rationales = pipe.stage_data()
+    model, tok = load_student(cfg.student.name)
+    model.eval()
+    examples = pipe.stage_encode(tok, questions, rationales)
+    shutil.rmtree(work, ignore_errors=True)
+    inputs = [e for e in weighting_examples(tok, examples, questions) if e.rationale_ids and e.answer_ids][: a.examples]
+
+    cue = torch.tensor(tok(ANSWER_CUE, add_special_tokens=False).input_ids, dtype=torch.long)
+    mask_vector = mean_input_embedding(model.get_input_embeddings())
+    fractions = np.linspace(0.0, 1.0, a.fractions)
+    keeps = keep_vectors(tok, inputs, wcfg.max_rationale_tokens, a.seed)
+    t0 = time.perf_counter()
+    nll = {m: prefix_nll(model, inputs, keeps[m], fractions, wcfg, cue, mask_vector, a.batch_size) for m in MASKS}
+    seconds = time.perf_counter() - t0
+
+    alpha = wcfg.alpha
+    per_mask = {}
+    for m in MASKS:
+        lp = nll[m].mean(axis=1)  # [N]: the prefix mean of Eq. 5, per rationale
+        lm = np.array([k.mean() for k in keeps[m]])  # per-token L_m (Eq. 6 normalised)
+        per_mask[m] = {"answer_loss": round(float(lp.mean()), 4), "mask_loss": round(float(lm.mean()), 4),
+                       "loss": round(float((lp + alpha * lm).mean()), 4),
+                       "answer_loss_by_fraction": [round(float(v), 4) for v in nll[m].mean(axis=0)]}
+    gain = nll["mask_all"].mean(axis=1) - nll["keypoints"].mean(axis=1)  # [N] answer-loss gain of the keypoints
+    share = np.array([k.mean() for k in keeps["keypoints"]])
+    break_even = float(gain.mean() / share.mean())
+    # How often the keypoint mask beats masking all, rationale by rationale, at the configured alpha.
+    keypoints_win = float(np.mean(gain > alpha * share))
+    lengths = [len(k) for k in keeps["keep_all"]]
+
+    result = {
+        "benchmark": f"the weighting loss at fixed masks on the {cfg.data.dataset} training rationales",
+        "machine": machine(), "commit": git_commit(), "config": cfg.model_dump(mode="json", exclude={"run_dir"}),
+        "examples": len(inputs), "rationale_tokens_mean": round(float(np.mean(lengths)), 1),
+        "keypoint_share": round(float(share.mean()), 4), "fractions": [round(float(f), 4) for f in fractions],
+        "alpha": alpha, "masks": per_mask, "alpha_break_even": round(break_even, 4),
+        "keypoints_beat_mask_all_share": round(keypoints_win, 4), "seconds": round(seconds, 1),
+    }
+    Path(a.out + ".json").write_text(json.dumps(result, indent=1))
+
+    m = result["machine"]
+    md = [f"# The weighting loss at fixed masks, {cfg.data.dataset} training rationales", "",
+          f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, torch {m['torch']}; commit "
+          f"{result['commit']}; predictor: {cfg.student.name}, frozen; the first {len(inputs)} training rationales "
+          f"(mean {result['rationale_tokens_mean']} tokens, {result['keypoint_share']:.1%} of them digits or operators); "
+          f"closing answer statements cut: {cfg.data.strip_answer_statement}; answer NLL averaged over {a.fractions} "
+          f"prefix fractions 0..1; alpha {alpha}; {seconds:.0f} s.", "",
+          "| mask | L_p (answer NLL) | L_m (share kept) | L = L_p + alpha L_m |", "|---|---|---|---|"]
+    for name in MASKS:
+        p = per_mask[name]
+        md.append(f"| {name} | {p['answer_loss']} | {p['mask_loss']} | {p['loss']} |")
+    best = min(MASKS, key=lambda n: per_mask[n]["loss"])
+    md += ["", f"Lowest loss at alpha {alpha}: **{best}**. The keypoint mask beats masking every token for alpha below "
+           f"**{break_even:.3f}** (its mean answer-loss gain over its mean share kept); rationale by rationale it wins "
+           f"at alpha {alpha} for {keypoints_win:.0%} of them.", "",
+           "Answer NLL by prefix fraction (share of the rationale given):", "",
+           "| fraction | " + " | ".join(MASKS) + " |", "|---|" + "---|" * len(MASKS)]
+    for j, f in enumerate(fractions):
+        md.append(f"| {f:.3f} | " + " | ".join(str(per_mask[n]["answer_loss_by_fraction"][j]) for n in MASKS) + " |")
+    md += ["", "Reproduce: `python bench/weighting_objective.py %s --examples %d --fractions %d --seed %d%s`" % (
+        os.path.relpath(a.config, ROOT), a.examples, a.fractions, a.seed, "".join(f" --set {s}" for s in a.set))]
+    Path(a.out + ".md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
