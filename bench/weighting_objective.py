@@ -11,14 +11,18 @@ under its loss than keeping nothing. This bench evaluates the loss, without trai
 
 L_p is the summed answer NLL averaged over prefix lengths k = round(f * L) at evenly spaced fractions f of each
 rationale, 0 and 1 included (a fixed-grid estimate of the uniform mean over all prefixes that the training samples);
-the mask vector is at its starting value (the mean input embedding), tokens are replaced as in 'mask_embedding'.
-It reports, per mask, L_p, L_m and L at the configured alpha, the alpha below which the keypoint mask beats masking
-everything (alpha* = (L_p(mask all) - L_p(keypoints)) / L_m(keypoints)), and how the answer NLL falls along the
-rationale (keep all and keypoints against mask all, per prefix fraction).
+masked tokens reach the predictor as `kpod.weighting.mask_representation` says (default 'mask_embedding': replaced by
+the mask vector at its starting value, the mean input embedding; 'drop': removed). It reports, per mask, L_p, L_m and L
+at the configured alpha; the window of alpha in which the keypoint mask scores best of keep all, mask all and
+keypoints, both for Eq. 5's prefixes and for the whole rationale alone (`kpod.weighting.answer_prefixes: whole`):
+above (L_p(keypoints) - L_p(keep all)) / (1 - L_m(keypoints)) it beats keeping all, below
+(L_p(mask all) - L_p(keypoints)) / L_m(keypoints) it beats masking all; and how the answer NLL falls along the
+rationale, per prefix fraction.
 
     python bench/weighting_objective.py --out results/weighting_objective_svamp
     KPOD_DATA_DIR=path/to/data python bench/weighting_objective.py --set data.dataset=gsm8k \
         --out results/weighting_objective_gsm8k
+    python bench/weighting_objective.py --render results/weighting_objective_gsm8k.json   # rewrite the .md only
 """
 
 from __future__ import annotations
@@ -89,6 +93,60 @@ def prefix_nll(model, inputs, keeps: list[np.ndarray], fractions: np.ndarray, wc
     return np.concatenate(rows)
 
 
+def keypoint_window(answer_loss: dict[str, float], share: float) -> dict[str, float]:
+    """The alphas between which keeping the keypoints scores better than both keeping and masking every token."""
+    return {"above": round((answer_loss["keypoints"] - answer_loss["keep_all"]) / (1.0 - share), 4),
+            "below": round((answer_loss["mask_all"] - answer_loss["keypoints"]) / share, 4)}
+
+
+def windows(result: dict) -> dict[str, dict[str, float]]:
+    """keypoint_window for Eq. 5's prefixes ('every') and for the whole rationale alone ('whole')."""
+    masks, share = result["masks"], result["keypoint_share"]
+    return {"every": keypoint_window({m: masks[m]["answer_loss"] for m in MASKS}, share),
+            "whole": keypoint_window({m: masks[m]["answer_loss_by_fraction"][-1] for m in MASKS}, share)}
+
+
+def render(result: dict) -> str:
+    """The markdown report of a result (as written to the JSON)."""
+    m, cfg, masks, alpha = result["machine"], result["config"], result["masks"], result["alpha"]
+    representation = cfg["kpod"]["weighting"]["mask_representation"]
+    lines = [f"# The weighting loss at fixed masks, {cfg['data']['dataset']} training rationales", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, torch {m['torch']}; commit "
+             f"{result['commit']}; predictor: {cfg['student']['name']}, frozen; the first {result['examples']} training "
+             f"rationales (mean {result['rationale_tokens_mean']} tokens, {result['keypoint_share']:.1%} of them digits "
+             f"or operators); closing answer statements cut: {cfg['data']['strip_answer_statement']}; masked tokens: "
+             f"{representation}; answer NLL averaged over {len(result['fractions'])} prefix fractions 0..1; alpha "
+             f"{alpha}; {result['seconds']:.0f} s.", "",
+             "| mask | L_p (answer NLL) | L_m (share kept) | L = L_p + alpha L_m | whole rationale: L_p | L |",
+             "|---|---|---|---|---|---|"]
+    for name in MASKS:
+        p = masks[name]
+        whole = p["answer_loss_by_fraction"][-1]
+        lines.append(f"| {name} | {p['answer_loss']} | {p['mask_loss']} | {p['loss']} | {whole} | "
+                     f"{whole + alpha * p['mask_loss']:.4f} |")
+    best = min(MASKS, key=lambda n: masks[n]["loss"])
+    best_whole = min(MASKS, key=lambda n: masks[n]["answer_loss_by_fraction"][-1] + alpha * masks[n]["mask_loss"])
+    w = windows(result)
+
+    def window(part: dict) -> str:
+        if part["above"] < part["below"]:
+            return f"for alpha between **{part['above']:.3f} and {part['below']:.3f}**"
+        return (f"for **no alpha** (it beats keeping all above {part['above']:.3f}, masking all below "
+                f"{part['below']:.3f})")
+
+    lines += ["", f"Lowest loss at alpha {alpha}: **{best}** over Eq. 5's prefixes, **{best_whole}** on the whole "
+              f"rationale. Keeping only the keypoints scores best of keep all, mask all and keypoints {window(w['every'])} "
+              f"over Eq. 5's prefixes, and {window(w['whole'])} on the whole rationale. Rationale by rationale, the "
+              f"keypoints beat masking all over the prefixes at alpha {alpha} for "
+              f"{result['keypoints_beat_mask_all_share']:.0%} of them.", "",
+              "Answer NLL by prefix fraction (share of the rationale given):", "",
+              "| fraction | " + " | ".join(MASKS) + " |", "|---|" + "---|" * len(MASKS)]
+    for j, f in enumerate(result["fractions"]):
+        lines.append(f"| {f:.3f} | " + " | ".join(str(masks[n]["answer_loss_by_fraction"][j]) for n in MASKS) + " |")
+    lines += ["", f"Reproduce: `{result['reproduce']}`"]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("config", nargs="?", default=str(ROOT / "configs" / "default.yaml"))
@@ -98,15 +156,21 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the random control mask")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     ap.add_argument("--out", default=str(ROOT / "results" / "weighting_objective"))
+    ap.add_argument("--render", metavar="JSON", help="only rewrite the markdown report of a saved result")
     a = ap.parse_args()
+    if a.render:
+        path = Path(a.render)
+        result = json.loads(path.read_text())
+        result["windows"] = windows(result)
+        path.write_text(json.dumps(result, indent=1))
+        path.with_suffix(".md").write_text(render(result))
+        print(render(result))
+        return
     if a.examples < 1 or a.fractions < 2:
         ap.error("--examples must be at least 1 and --fractions at least 2")
 
     cfg = load_config(a.config, parse_overrides(a.set))
     wcfg = cfg.kpod.weighting
-    if wcfg.mask_representation != "mask_embedding":
-        ap.error("this bench replaces masked tokens by the mask vector: keep kpod.weighting.mask_representation "
-                 "at 'mask_embedding'")
     work = Path(tempfile.mkdtemp(prefix="kpod-weighting-objective-"))
     cfg.run_dir = str(work)  # the data stages write there; nothing of it is kept
     pipe = Pipeline(cfg, progress=False)
@@ -135,7 +199,6 @@ def main() -> None:
                        "answer_loss_by_fraction": [round(float(v), 4) for v in nll[m].mean(axis=0)]}
     gain = nll["mask_all"].mean(axis=1) - nll["keypoints"].mean(axis=1)  # [N] answer-loss gain of the keypoints
     share = np.array([k.mean() for k in keeps["keypoints"]])
-    break_even = float(gain.mean() / share.mean())
     # How often the keypoint mask beats masking all, rationale by rationale, at the configured alpha.
     keypoints_win = float(np.mean(gain > alpha * share))
     lengths = [len(k) for k in keeps["keep_all"]]
@@ -145,34 +208,15 @@ def main() -> None:
         "machine": machine(), "commit": git_commit(), "config": cfg.model_dump(mode="json", exclude={"run_dir"}),
         "examples": len(inputs), "rationale_tokens_mean": round(float(np.mean(lengths)), 1),
         "keypoint_share": round(float(share.mean()), 4), "fractions": [round(float(f), 4) for f in fractions],
-        "alpha": alpha, "masks": per_mask, "alpha_break_even": round(break_even, 4),
+        "alpha": alpha, "masks": per_mask, "alpha_break_even": round(float(gain.mean() / share.mean()), 4),
         "keypoints_beat_mask_all_share": round(keypoints_win, 4), "seconds": round(seconds, 1),
+        "reproduce": "python bench/weighting_objective.py %s --examples %d --fractions %d --seed %d%s" % (
+            os.path.relpath(a.config, ROOT), a.examples, a.fractions, a.seed, "".join(f" --set {s}" for s in a.set)),
     }
+    result["windows"] = windows(result)
     Path(a.out + ".json").write_text(json.dumps(result, indent=1))
-
-    m = result["machine"]
-    md = [f"# The weighting loss at fixed masks, {cfg.data.dataset} training rationales", "",
-          f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, torch {m['torch']}; commit "
-          f"{result['commit']}; predictor: {cfg.student.name}, frozen; the first {len(inputs)} training rationales "
-          f"(mean {result['rationale_tokens_mean']} tokens, {result['keypoint_share']:.1%} of them digits or operators); "
-          f"closing answer statements cut: {cfg.data.strip_answer_statement}; answer NLL averaged over {a.fractions} "
-          f"prefix fractions 0..1; alpha {alpha}; {seconds:.0f} s.", "",
-          "| mask | L_p (answer NLL) | L_m (share kept) | L = L_p + alpha L_m |", "|---|---|---|---|"]
-    for name in MASKS:
-        p = per_mask[name]
-        md.append(f"| {name} | {p['answer_loss']} | {p['mask_loss']} | {p['loss']} |")
-    best = min(MASKS, key=lambda n: per_mask[n]["loss"])
-    md += ["", f"Lowest loss at alpha {alpha}: **{best}**. The keypoint mask beats masking every token for alpha below "
-           f"**{break_even:.3f}** (its mean answer-loss gain over its mean share kept); rationale by rationale it wins "
-           f"at alpha {alpha} for {keypoints_win:.0%} of them.", "",
-           "Answer NLL by prefix fraction (share of the rationale given):", "",
-           "| fraction | " + " | ".join(MASKS) + " |", "|---|" + "---|" * len(MASKS)]
-    for j, f in enumerate(fractions):
-        md.append(f"| {f:.3f} | " + " | ".join(str(per_mask[n]["answer_loss_by_fraction"][j]) for n in MASKS) + " |")
-    md += ["", "Reproduce: `python bench/weighting_objective.py %s --examples %d --fractions %d --seed %d%s`" % (
-        os.path.relpath(a.config, ROOT), a.examples, a.fractions, a.seed, "".join(f" --set {s}" for s in a.set))]
-    Path(a.out + ".md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    Path(a.out + ".md").write_text(render(result))
+    print(render(result))
 
 
 if __name__ == "__main__":
