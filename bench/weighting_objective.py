@@ -130,6 +130,8 @@ def render(result: dict) -> str:
 
     def window(part: dict) -> str:
         if part["above"] < part["below"]:
+            if part["above"] <= 0:  # it beats keeping all even without a mask loss
+                return f"for every alpha below **{part['below']:.3f}**"
             return f"for alpha between **{part['above']:.3f} and {part['below']:.3f}**"
         return (f"for **no alpha** (it beats keeping all above {part['above']:.3f}, masking all below "
                 f"{part['below']:.3f})")
