@@ -17,7 +17,8 @@ at the configured alpha; the window of alpha in which the keypoint mask scores b
 keypoints, both for Eq. 5's prefixes and for the whole rationale alone (`kpod.weighting.answer_prefixes: whole`):
 above (L_p(keypoints) - L_p(keep all)) / (1 - L_m(keypoints)) it beats keeping all, below
 (L_p(mask all) - L_p(keypoints)) / L_m(keypoints) it beats masking all; and how the answer NLL falls along the
-rationale, per prefix fraction.
+rationale, per prefix fraction. And, for the first few rationales, what masking each token alone does to the answer
+from the whole rationale, per token class, against the price alpha / L the per-token mask loss puts on keeping it.
 
     python bench/weighting_objective.py --out results/weighting_objective_svamp
     KPOD_DATA_DIR=path/to/data python bench/weighting_objective.py --set data.dataset=gsm8k \
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -43,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from kpod.cli import parse_overrides  # noqa: E402
-from kpod.config import load_config  # noqa: E402
+from kpod.config import RunConfig, load_config  # noqa: E402
 from kpod.curriculum.stages import ANSWER_CUE, weighting_examples  # noqa: E402
 from kpod.evaluation.evaluate import git_commit, machine  # noqa: E402
 from kpod.models import load_student  # noqa: E402
@@ -91,6 +93,60 @@ def prefix_nll(model, inputs, keeps: list[np.ndarray], fractions: np.ndarray, wc
         built = build_predictor_batch(batch, keep, prefixes, embedding, cue, wcfg.mask_representation, mask_vector)
         rows.append(answer_nll(forward(built), built.labels).view(len(index), -1).numpy())
     return np.concatenate(rows)
+
+
+MARGINAL_CLASSES = {"digit": ("digit",), "operator": ("operator",), "word": ("cue_word", "other_word"),
+                    "other": ("punctuation", "whitespace", "other")}
+
+
+def single_token_effects(model, tok, inputs, wcfg, cue, mask_vector, batch_size: int) -> dict:
+    """What masking one token alone does to the answer from the whole rationale, token by token.
+
+    The Gumbel-Softmax gradient of L_p with respect to one token's keep value is a local, one-token view of the same
+    thing; under the per-token mask loss keeping that token costs alpha / L. Returns, per token class, the mean rise
+    in answer NLL and the share of tokens whose rise exceeds that price, and, per rationale, the sum of the single-token
+    rises against the rise from masking every token at once."""
+    rows, keeps, owner = [], [], []
+    for i, ex in enumerate(inputs):
+        n = len(ex.rationale_ids[: wcfg.max_rationale_tokens])
+        keeps.append(np.ones(n, dtype=np.float32))  # the whole rationale, then each token masked alone, then none
+        rows.append(ex)
+        owner.append((i, -1))
+        for j in range(n):
+            k = np.ones(n, dtype=np.float32)
+            k[j] = 0.0
+            keeps.append(k)
+            rows.append(ex)
+            owner.append((i, j))
+        keeps.append(np.zeros(n, dtype=np.float32))
+        rows.append(ex)
+        owner.append((i, n))
+    nll = prefix_nll(model, rows, keeps, np.array([1.0]), wcfg, cue, mask_vector, batch_size)[:, 0]
+    full = {i: nll[r] for r, (i, j) in enumerate(owner) if j == -1}
+    alpha = wcfg.alpha
+    per_class = {c: [] for c in MARGINAL_CLASSES}
+    above_price = {c: [] for c in MARGINAL_CLASSES}
+    summed, together = [], []
+    for i, ex in enumerate(inputs):
+        ids = ex.rationale_ids[: wcfg.max_rationale_tokens]
+        classes = [classify_token(t) for t in token_strings(tok, ids)]
+        rises = [nll[r] - full[i] for r, (o, j) in enumerate(owner) if o == i and 0 <= j < len(ids)]
+        price = alpha / len(ids)
+        for cls, rise in zip(classes, rises):
+            group = next(g for g, members in MARGINAL_CLASSES.items() if cls in members)
+            per_class[group].append(rise)
+            above_price[group].append(rise > price)
+        summed.append(sum(rises))
+        together.append(next(nll[r] for r, (o, j) in enumerate(owner) if o == i and j == len(ids)) - full[i])
+    return {
+        "examples": len(inputs),
+        "price_per_token": round(float(np.mean([alpha / len(e.rationale_ids[: wcfg.max_rationale_tokens]) for e in inputs])), 5),
+        "classes": {c: {"tokens": len(v), "mean_rise": round(float(np.mean(v)), 5) if v else None,
+                        "share_above_price": round(float(np.mean(above_price[c])), 4) if v else None}
+                    for c, v in per_class.items()},
+        "sum_of_single_rises": round(float(np.mean(summed)), 4),
+        "rise_all_masked": round(float(np.mean(together)), 4),
+    }
 
 
 def keypoint_window(answer_loss: dict[str, float], share: float) -> dict[str, float]:
@@ -145,6 +201,17 @@ def render(result: dict) -> str:
               "| fraction | " + " | ".join(MASKS) + " |", "|---|" + "---|" * len(MASKS)]
     for j, f in enumerate(result["fractions"]):
         lines.append(f"| {f:.3f} | " + " | ".join(str(masks[n]["answer_loss_by_fraction"][j]) for n in MASKS) + " |")
+    effects = result.get("single_token")
+    if effects:
+        lines += ["", f"Masking one token alone, whole rationale, first {effects['examples']} rationales: the rise in "
+                  f"answer NLL, against the mask loss's price of keeping one token (alpha / L, here "
+                  f"{effects['price_per_token']} on average; the Gumbel-Softmax gradient sees this one-token view):", "",
+                  "| tokens | count | mean rise in answer NLL | share rising more than alpha / L |", "|---|---|---|---|"]
+        for name, c in effects["classes"].items():
+            if c["tokens"]:
+                lines.append(f"| {name} | {c['tokens']} | {c['mean_rise']} | {c['share_above_price']:.0%} |")
+        lines += ["", f"Per rationale, the single-token rises add up to {effects['sum_of_single_rises']} nats; masking "
+                  f"every token at once raises the answer NLL by {effects['rise_all_masked']}."]
     lines += ["", f"Reproduce: `{result['reproduce']}`"]
     return "\n".join(lines) + "\n"
 
@@ -158,6 +225,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the random control mask")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     ap.add_argument("--out", default=str(ROOT / "results" / "weighting_objective"))
+    ap.add_argument("--single-token-examples", type=int, default=16,
+                    help="rationales whose tokens are masked one at a time (one predictor row per token)")
+    ap.add_argument("--parts", nargs="+", choices=("masks", "single_token"), default=["masks", "single_token"],
+                    help="what to measure; a part not measured is kept from an existing --out JSON")
     ap.add_argument("--render", metavar="JSON", help="only rewrite the markdown report of a saved result")
     a = ap.parse_args()
     if a.render:
@@ -185,6 +256,37 @@ def main() -> None:
 
     cue = torch.tensor(tok(ANSWER_CUE, add_special_tokens=False).input_ids, dtype=torch.long)
     mask_vector = mean_input_embedding(model.get_input_embeddings())
+    previous = Path(a.out + ".json")
+    if "masks" not in a.parts:
+        if not previous.exists():
+            ap.error(f"--parts without masks adds to an existing result, and {previous} does not exist")
+        result = json.loads(previous.read_text())
+        # Compared as fingerprints: options added since the result was written count at their old-behaviour values.
+        if RunConfig.model_validate(result["config"]).fingerprint_fields() != cfg.fingerprint_fields():
+            ap.error(f"{previous} was measured with another config: measure every part again")
+    else:
+        result = measure_masks(model, tok, inputs, wcfg, cue, mask_vector, a)
+        result.update({
+            "benchmark": f"the weighting loss at fixed masks on the {cfg.data.dataset} training rationales",
+            "machine": machine(), "commit": git_commit(), "config": cfg.model_dump(mode="json", exclude={"run_dir"}),
+            "reproduce": "python bench/weighting_objective.py %s --examples %d --fractions %d --seed %d%s" % (
+                os.path.relpath(a.config, ROOT), a.examples, a.fractions, a.seed, "".join(f" --set {s}" for s in a.set)),
+        })
+    if "single_token" in a.parts and a.single_token_examples > 0:
+        t0 = time.perf_counter()
+        effects = single_token_effects(model, tok, inputs[: a.single_token_examples], wcfg, cue, mask_vector, a.batch_size)
+        effects.update({"seconds": round(time.perf_counter() - t0, 1), "commit": git_commit()})
+        result["single_token"] = effects
+        command = re.sub(r" --single-token-examples \d+", "", result["reproduce"])
+        result["reproduce"] = f"{command} --single-token-examples {a.single_token_examples}"
+    result["windows"] = windows(result)
+    Path(a.out + ".json").write_text(json.dumps(result, indent=1))
+    Path(a.out + ".md").write_text(render(result))
+    print(render(result))
+
+
+def measure_masks(model, tok, inputs, wcfg, cue, mask_vector, a) -> dict:
+    """The loss of Eqs. 5-7 at the fixed masks, per prefix fraction and on average."""
     fractions = np.linspace(0.0, 1.0, a.fractions)
     keeps = keep_vectors(tok, inputs, wcfg.max_rationale_tokens, a.seed)
     t0 = time.perf_counter()
@@ -205,20 +307,12 @@ def main() -> None:
     keypoints_win = float(np.mean(gain > alpha * share))
     lengths = [len(k) for k in keeps["keep_all"]]
 
-    result = {
-        "benchmark": f"the weighting loss at fixed masks on the {cfg.data.dataset} training rationales",
-        "machine": machine(), "commit": git_commit(), "config": cfg.model_dump(mode="json", exclude={"run_dir"}),
+    return {
         "examples": len(inputs), "rationale_tokens_mean": round(float(np.mean(lengths)), 1),
         "keypoint_share": round(float(share.mean()), 4), "fractions": [round(float(f), 4) for f in fractions],
         "alpha": alpha, "masks": per_mask, "alpha_break_even": round(float(gain.mean() / share.mean()), 4),
         "keypoints_beat_mask_all_share": round(keypoints_win, 4), "seconds": round(seconds, 1),
-        "reproduce": "python bench/weighting_objective.py %s --examples %d --fractions %d --seed %d%s" % (
-            os.path.relpath(a.config, ROOT), a.examples, a.fractions, a.seed, "".join(f" --set {s}" for s in a.set)),
     }
-    result["windows"] = windows(result)
-    Path(a.out + ".json").write_text(json.dumps(result, indent=1))
-    Path(a.out + ".md").write_text(render(result))
-    print(render(result))
 
 
 if __name__ == "__main__":
