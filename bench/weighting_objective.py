@@ -106,41 +106,32 @@ def single_token_effects(model, tok, inputs, wcfg, cue, mask_vector, batch_size:
     thing; under the per-token mask loss keeping that token costs alpha / L. Returns, per token class, the mean rise
     in answer NLL and the share of tokens whose rise exceeds that price, and, per rationale, the sum of the single-token
     rises against the rise from masking every token at once."""
-    rows, keeps, owner = [], [], []
-    for i, ex in enumerate(inputs):
+    # Per rationale, one block of keep vectors: the whole rationale, each token masked alone, every token masked.
+    blocks = []
+    for ex in inputs:
         n = len(ex.rationale_ids[: wcfg.max_rationale_tokens])
-        keeps.append(np.ones(n, dtype=np.float32))  # the whole rationale, then each token masked alone, then none
-        rows.append(ex)
-        owner.append((i, -1))
-        for j in range(n):
-            k = np.ones(n, dtype=np.float32)
-            k[j] = 0.0
-            keeps.append(k)
-            rows.append(ex)
-            owner.append((i, j))
-        keeps.append(np.zeros(n, dtype=np.float32))
-        rows.append(ex)
-        owner.append((i, n))
+        blocks.append([np.ones(n, dtype=np.float32), *(1.0 - np.eye(n, dtype=np.float32)), np.zeros(n, dtype=np.float32)])
+    rows = [ex for ex, block in zip(inputs, blocks) for _ in block]
+    keeps = [k for block in blocks for k in block]
     nll = prefix_nll(model, rows, keeps, np.array([1.0]), wcfg, cue, mask_vector, batch_size)[:, 0]
-    full = {i: nll[r] for r, (i, j) in enumerate(owner) if j == -1}
-    alpha = wcfg.alpha
     per_class = {c: [] for c in MARGINAL_CLASSES}
     above_price = {c: [] for c in MARGINAL_CLASSES}
     summed, together = [], []
-    for i, ex in enumerate(inputs):
-        ids = ex.rationale_ids[: wcfg.max_rationale_tokens]
-        classes = [classify_token(t) for t in token_strings(tok, ids)]
-        rises = [nll[r] - full[i] for r, (o, j) in enumerate(owner) if o == i and 0 <= j < len(ids)]
-        price = alpha / len(ids)
-        for cls, rise in zip(classes, rises):
-            group = next(g for g, members in MARGINAL_CLASSES.items() if cls in members)
-            per_class[group].append(rise)
-            above_price[group].append(rise > price)
-        summed.append(sum(rises))
-        together.append(next(nll[r] for r, (o, j) in enumerate(owner) if o == i and j == len(ids)) - full[i])
+    start = 0
+    for ex, block in zip(inputs, blocks):
+        part = nll[start : start + len(block)]
+        start += len(block)
+        rises = part[1:-1] - part[0]
+        price = wcfg.alpha / len(rises)
+        for token, rise in zip(token_strings(tok, ex.rationale_ids[: len(rises)]), rises):
+            group = next(g for g, members in MARGINAL_CLASSES.items() if classify_token(token) in members)
+            per_class[group].append(float(rise))
+            above_price[group].append(bool(rise > price))
+        summed.append(float(rises.sum()))
+        together.append(float(part[-1] - part[0]))
     return {
         "examples": len(inputs),
-        "price_per_token": round(float(np.mean([alpha / len(e.rationale_ids[: wcfg.max_rationale_tokens]) for e in inputs])), 5),
+        "price_per_token": round(float(np.mean([wcfg.alpha / (len(b) - 2) for b in blocks])), 5),
         "classes": {c: {"tokens": len(v), "mean_rise": round(float(np.mean(v)), 5) if v else None,
                         "share_above_price": round(float(np.mean(above_price[c])), 4) if v else None}
                     for c, v in per_class.items()},
@@ -244,6 +235,7 @@ def main() -> None:
 
     cfg = load_config(a.config, parse_overrides(a.set))
     wcfg = cfg.kpod.weighting
+    settings = cfg.fingerprint_fields()  # before run_dir points to a temporary folder
     work = Path(tempfile.mkdtemp(prefix="kpod-weighting-objective-"))
     cfg.run_dir = str(work)  # the data stages write there; nothing of it is kept
     pipe = Pipeline(cfg, progress=False)
@@ -262,7 +254,7 @@ def main() -> None:
             ap.error(f"--parts without masks adds to an existing result, and {previous} does not exist")
         result = json.loads(previous.read_text())
         # Compared as fingerprints: options added since the result was written count at their old-behaviour values.
-        if RunConfig.model_validate(result["config"]).fingerprint_fields() != cfg.fingerprint_fields():
+        if RunConfig.model_validate(result["config"]).fingerprint_fields() != settings:
             ap.error(f"{previous} was measured with another config: measure every part again")
     else:
         result = measure_masks(model, tok, inputs, wcfg, cue, mask_vector, a)
