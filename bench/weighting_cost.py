@@ -109,7 +109,7 @@ def main() -> None:
           f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, "
           f"{result['machine']['torch_threads']} torch threads, torch {result['machine']['torch']}; "
           f"commit {result['commit']}; {len(examples)} training rationales; settings: "
-          f"`{json.dumps(cfg.kpod.weighting.model_dump(include={'predictor_mode', 'num_prefix_lengths', 'answer_prefixes', 'mask_representation', 'lr', 'batch_size', 'max_steps', 'alpha', 'center_logits'}))}`; "
+          f"`{json.dumps(cfg.kpod.weighting.model_dump(include={'predictor_mode', 'num_prefix_lengths', 'answer_prefixes', 'mask_representation', 'gradient_estimator', 'lr', 'batch_size', 'max_steps', 'alpha', 'center_logits'}))}`; "
           f"closing answer statements cut from the rationales: {cfg.data.strip_answer_statement}.",
           "", "Mean weight per token class (count in brackets), one row per seed (`kpod.weighting.seed`):", "",
           "| seed | " + " | ".join(TOKEN_CLASSES) + " | mean weight | weight std | keep ratio | train s |",

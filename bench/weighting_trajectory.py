@@ -125,7 +125,7 @@ def main() -> None:
           f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, "
           f"{result['machine']['torch_threads']} torch threads, torch {result['machine']['torch']}; commit "
           f"{result['commit']}; {len(examples)} training rationales; settings: "
-          f"`{json.dumps(w.model_dump(include={'predictor_mode', 'lr', 'batch_size', 'max_steps', 'alpha', 'temperature_start', 'temperature_end', 'center_logits', 'answer_prefixes'}))}`; "
+          f"`{json.dumps(w.model_dump(include={'predictor_mode', 'lr', 'batch_size', 'max_steps', 'alpha', 'temperature_start', 'temperature_end', 'center_logits', 'answer_prefixes', 'mask_representation', 'gradient_estimator'}))}`; "
           f"closing answer statements cut from the rationales: {cfg.data.strip_answer_statement}.",
           "", "Mean weight per token class of every training rationale, under the module after each step shown; "
           "keep ratio: mean sampled keep ratio of the steps since the previous row.", "",
