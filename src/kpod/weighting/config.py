@@ -82,11 +82,12 @@ class WeightingConfig(LaterOptions, BaseModel):
         "lengths sampled uniformly over 0..L (num_prefix_lengths per rationale). 'whole' (not in the paper): the "
         "whole masked rationale only, one row per rationale, so num_prefix_lengths is not read. Meant for multi-step "
         "rationales whose answer can only be read at the end: on GSM8K the frozen default student answers worse from "
-        "a partial rationale than from none, so most sampled prefixes reward masking (results/weighting_objective_gsm8k.md). "
+        "a partial rationale than from none, so most sampled prefixes reward masking "
+        "(results/weighting_objective_gsm8k.md). "
         "Measured at alpha 0.5 (30 steps, 3 weighting seeds): on GSM8K every seed keeps every token (0.95-0.998), on "
-        "SVAMP two of three do (results/weighting_seeds_*_whole.md). On the whole rationale keeping every token costs "
-        "the answer far less than the mask loss charges: of keep all, mask all and keypoints only, the last scores best for alpha 4.7-11 on "
-        "SVAMP and for no alpha on GSM8K (results/weighting_objective_*.md).",
+        "SVAMP two of three do (results/weighting_seeds_*_whole.md). On the whole rationale, masking part of it costs "
+        "the answer far more than the mask loss saves: of keep all, mask all and keypoints only, the last scores best "
+        "for alpha 4.7-11 on SVAMP and for no alpha on GSM8K (results/weighting_objective_*.md).",
     )
 
     # --- the module (Eqs. 2-3) ---
