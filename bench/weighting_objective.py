@@ -196,7 +196,7 @@ def render(result: dict) -> str:
     if effects:
         lines += ["", f"Masking one token alone, whole rationale, first {effects['examples']} rationales: the rise in "
                   f"answer NLL, against the mask loss's price of keeping one token (alpha / L, here "
-                  f"{effects['price_per_token']} on average; the Gumbel-Softmax gradient sees this one-token view):", "",
+                  f"{effects['price_per_token']} on average):", "",
                   "| tokens | count | mean rise in answer NLL | share rising more than alpha / L |", "|---|---|---|---|"]
         for name, c in effects["classes"].items():
             if c["tokens"]:
@@ -210,7 +210,7 @@ def render(result: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("config", nargs="?", default=str(ROOT / "configs" / "default.yaml"))
-    ap.add_argument("--examples", type=int, default=96, help="training rationales scored (the first N)")
+    ap.add_argument("--examples", type=int, default=64, help="training rationales scored (the first N)")
     ap.add_argument("--fractions", type=int, default=9, help="prefix fractions, evenly spaced over [0, 1]")
     ap.add_argument("--batch-size", type=int, default=4, help="rationales per forward pass (times the fractions rows)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random control mask")
