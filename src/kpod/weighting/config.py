@@ -80,7 +80,8 @@ class WeightingConfig(LaterOptions, BaseModel):
         "every",
         description="Which masked rationale prefixes the predictor answers from. 'every' (the paper's Eq. 5): prefix "
         "lengths sampled uniformly over 0..L (num_prefix_lengths per rationale). 'whole' (not in the paper): the "
-        "whole masked rationale only, one row per rationale, so num_prefix_lengths is not read. Meant for multi-step "
+        "whole masked rationale only, one row per rationale, so num_prefix_lengths is not read (with "
+        "mask_loss_normalisation 'sum', L_p is still scaled by L + 1, as for the sum over prefixes). Meant for multi-step "
         "rationales whose answer can only be read at the end: on GSM8K the frozen default student answers worse from "
         "a partial rationale than from none, so most sampled prefixes reward masking "
         "(results/weighting_objective_gsm8k.md). "
