@@ -257,7 +257,7 @@ def main() -> None:
         if RunConfig.model_validate(result["config"]).fingerprint_fields() != settings:
             ap.error(f"{previous} was measured with another config: measure every part again")
     else:
-        result = measure_masks(model, tok, inputs, wcfg, cue, mask_vector, a)
+        result = measure_masks(model, tok, inputs, wcfg, cue, mask_vector, a.fractions, a.seed, a.batch_size)
         result.update({
             "benchmark": f"the weighting loss at fixed masks on the {cfg.data.dataset} training rationales",
             "machine": machine(), "commit": git_commit(), "config": cfg.model_dump(mode="json", exclude={"run_dir"}),
@@ -277,12 +277,12 @@ def main() -> None:
     print(render(result))
 
 
-def measure_masks(model, tok, inputs, wcfg, cue, mask_vector, a) -> dict:
+def measure_masks(model, tok, inputs, wcfg, cue, mask_vector, num_fractions: int, seed: int, batch_size: int) -> dict:
     """The loss of Eqs. 5-7 at the fixed masks, per prefix fraction and on average."""
-    fractions = np.linspace(0.0, 1.0, a.fractions)
-    keeps = keep_vectors(tok, inputs, wcfg.max_rationale_tokens, a.seed)
+    fractions = np.linspace(0.0, 1.0, num_fractions)
+    keeps = keep_vectors(tok, inputs, wcfg.max_rationale_tokens, seed)
     t0 = time.perf_counter()
-    nll = {m: prefix_nll(model, inputs, keeps[m], fractions, wcfg, cue, mask_vector, a.batch_size) for m in MASKS}
+    nll = {m: prefix_nll(model, inputs, keeps[m], fractions, wcfg, cue, mask_vector, batch_size) for m in MASKS}
     seconds = time.perf_counter() - t0
 
     alpha = wcfg.alpha
@@ -302,7 +302,7 @@ def measure_masks(model, tok, inputs, wcfg, cue, mask_vector, a) -> dict:
     return {
         "examples": len(inputs), "rationale_tokens_mean": round(float(np.mean(lengths)), 1),
         "keypoint_share": round(float(share.mean()), 4), "fractions": [round(float(f), 4) for f in fractions],
-        "alpha": alpha, "masks": per_mask, "alpha_break_even": round(float(gain.mean() / share.mean()), 4),
+        "alpha": alpha, "masks": per_mask,
         "keypoints_beat_mask_all_share": round(keypoints_win, 4), "seconds": round(seconds, 1),
     }
 
