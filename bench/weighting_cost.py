@@ -50,6 +50,12 @@ def plain_epoch_seconds(cfg, examples, work: Path) -> dict:
             "s_per_step": round(wall / max(1, trainer.state.global_step), 2)}
 
 
+def warmup_ends(losses: list[float], n: int = 5) -> list[float] | None:
+    if not losses:
+        return None
+    return [round(sum(losses[:n]) / len(losses[:n]), 3), round(sum(losses[-n:]) / len(losses[-n:]), 3)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("config", nargs="?", default=str(ROOT / "configs" / "default.yaml"))
@@ -79,8 +85,11 @@ def main() -> None:
         summary = json.loads((out_dir / "summary.json").read_text())
         runs.append({
             "seed": seed, "wall_s": round(wall, 1), "train_s": round(stats["train_seconds"], 1),
-            "steps": stats["steps"], "s_per_step": round(stats["train_seconds"] / stats["steps"], 2),
+            "steps": stats["steps"], "warmup_steps": stats["warmup_steps"],
+            "s_per_step": round(stats["train_seconds"] / (stats["steps"] + stats["warmup_steps"]), 2),
             "final_keep_ratio": round(stats["final_keep_ratio"], 3),
+            # The predictor's answer loss on unmasked rationales, first and last five warm-up steps (none if frozen).
+            "warmup_loss_first_last": warmup_ends(stats.get("warmup_loss", [])),
             "mean_weight": round(stats["mean_weight"], 4), "weight_std": round(stats["weight_std"], 4),
             "weights_nearly_constant": stats["weights_nearly_constant"],
             "classes": {c: summary["classes"][c] for c in TOKEN_CLASSES},
@@ -109,7 +118,7 @@ def main() -> None:
           f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, "
           f"{result['machine']['torch_threads']} torch threads, torch {result['machine']['torch']}; "
           f"commit {result['commit']}; {len(examples)} training rationales; settings: "
-          f"`{json.dumps(cfg.kpod.weighting.model_dump(include={'predictor_mode', 'num_prefix_lengths', 'answer_prefixes', 'mask_representation', 'gradient_estimator', 'lr', 'batch_size', 'max_steps', 'alpha', 'center_logits'}))}`; "
+          f"`{json.dumps(cfg.kpod.weighting.model_dump(include={'predictor_mode', 'predictor_warmup_steps', 'predictor_lr', 'num_prefix_lengths', 'answer_prefixes', 'mask_representation', 'gradient_estimator', 'lr', 'batch_size', 'max_steps', 'alpha', 'center_logits'}))}`; "
           f"closing answer statements cut from the rationales: {cfg.data.strip_answer_statement}.",
           "", "Mean weight per token class (count in brackets), one row per seed (`kpod.weighting.seed`):", "",
           "| seed | " + " | ".join(TOKEN_CLASSES) + " | mean weight | weight std | keep ratio | train s |",
@@ -121,6 +130,10 @@ def main() -> None:
                   f"{r['final_keep_ratio']} | {r['train_s']} |")
     md += ["", "Top tokens (seed %d): %s" % (runs[0]["seed"], ", ".join(f"`{t}`" for t in runs[0]["top_tokens"])),
            "", "Bottom tokens (seed %d): %s" % (runs[0]["seed"], ", ".join(f"`{t}`" for t in runs[0]["bottom_tokens"]))]
+    if runs[0]["warmup_loss_first_last"]:
+        md += ["", "Predictor warm-up (unmasked rationales), answer loss over its first / last five steps: "
+               + "; ".join(f"seed {r['seed']} {r['warmup_loss_first_last'][0]} / {r['warmup_loss_first_last'][1]}"
+                           for r in runs) + "."]
     mean_wall = sum(r["wall_s"] for r in runs) / len(runs)
     if plain:
         md += ["", f"Cost: weighting {mean_wall:.1f} s per run (mean over seeds, training and weighting every "
