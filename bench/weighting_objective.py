@@ -20,10 +20,16 @@ above (L_p(keypoints) - L_p(keep all)) / (1 - L_m(keypoints)) it beats keeping a
 rationale, per prefix fraction. And, for the first few rationales, what masking each token alone does to the answer
 from the whole rationale, per token class, against the price alpha / L the per-token mask loss puts on keeping it.
 
+With --trained-predictor the weighting module is first trained with the config's `kpod.weighting` settings on every
+training rationale (e.g. a LoRA-tuned predictor with a warm-up), and the masks are scored with the predictor and mask
+vector that training leaves, with one more mask: the module's own (tokens with w > 0.5 kept).
+
     python bench/weighting_objective.py --out results/weighting_objective_svamp
     KPOD_DATA_DIR=path/to/data python bench/weighting_objective.py --set data.dataset=gsm8k \
         --out results/weighting_objective_gsm8k
     python bench/weighting_objective.py --render results/weighting_objective_gsm8k.json   # rewrite the .md only
+    python bench/weighting_objective.py --set data.dataset=gsm8k --set kpod.weighting.predictor_mode=lora \
+        --set kpod.weighting.predictor_warmup_steps=44 --trained-predictor --out results/weighting_objective_gsm8k_lora
 """
 
 from __future__ import annotations
@@ -53,14 +59,19 @@ from kpod.pipeline import Pipeline  # noqa: E402
 from kpod.weighting.artefact import token_strings  # noqa: E402
 from kpod.weighting.batching import answer_nll, build_predictor_batch, pad_examples  # noqa: E402
 from kpod.weighting.summary import classify_token  # noqa: E402
-from kpod.weighting.train import answer_logits_fn, mean_input_embedding  # noqa: E402
+from kpod.weighting.train import (  # noqa: E402
+    answer_logits_fn,
+    fit_weighting_module,
+    mean_input_embedding,
+    predict_token_weights,
+)
 
 MASKS = ("keep_all", "mask_all", "keypoints", "random")
 KEYPOINT_CLASSES = ("digit", "operator")
 
 
 def keep_vectors(tok, inputs, max_tokens: int, seed: int) -> dict[str, list[np.ndarray]]:
-    """Per mask name, one 0/1 keep vector per rationale (truncated as the training truncates)."""
+    """Per mask name of MASKS, one 0/1 keep vector per rationale (truncated as the training truncates)."""
     rng = np.random.default_rng(seed)
     out = {m: [] for m in MASKS}
     for ex in inputs:
@@ -157,22 +168,28 @@ def render(result: dict) -> str:
     """The markdown report of a result (as written to the JSON)."""
     m, cfg, masks, alpha = result["machine"], result["config"], result["masks"], result["alpha"]
     representation = cfg["kpod"]["weighting"]["mask_representation"]
+    names = list(masks)  # MASKS, and 'learned' with a trained predictor
+    trained = result.get("trained_predictor")
+    predictor = "frozen" if not trained else (
+        f"as the weighting training left it (predictor_mode {trained['predictor_mode']}, {trained['warmup_steps']} "
+        f"warm-up and {trained['steps']} joint steps, keep ratio at the end {trained['final_keep_ratio']}; mask "
+        f"'learned' = the trained module's tokens with w > 0.5)")
     lines = [f"# The weighting loss at fixed masks, {cfg['data']['dataset']} training rationales", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, torch {m['torch']}; commit "
-             f"{result['commit']}; predictor: {cfg['student']['name']}, frozen; the first {result['examples']} training "
+             f"{result['commit']}; predictor: {cfg['student']['name']}, {predictor}; the first {result['examples']} training "
              f"rationales (mean {result['rationale_tokens_mean']} tokens, {result['keypoint_share']:.1%} of them digits "
              f"or operators); closing answer statements cut: {cfg['data']['strip_answer_statement']}; masked tokens: "
              f"{representation}; answer NLL averaged over {len(result['fractions'])} prefix fractions 0..1; alpha "
              f"{alpha}; {result['seconds']:.0f} s.", "",
              "| mask | L_p (answer NLL) | L_m (share kept) | L = L_p + alpha L_m | whole rationale: L_p | L |",
              "|---|---|---|---|---|---|"]
-    for name in MASKS:
+    for name in names:
         p = masks[name]
         whole = p["answer_loss_by_fraction"][-1]
         lines.append(f"| {name} | {p['answer_loss']} | {p['mask_loss']} | {p['loss']} | {whole} | "
                      f"{whole + alpha * p['mask_loss']:.4f} |")
-    best = min(MASKS, key=lambda n: masks[n]["loss"])
-    best_whole = min(MASKS, key=lambda n: masks[n]["answer_loss_by_fraction"][-1] + alpha * masks[n]["mask_loss"])
+    best = min(names, key=lambda n: masks[n]["loss"])
+    best_whole = min(names, key=lambda n: masks[n]["answer_loss_by_fraction"][-1] + alpha * masks[n]["mask_loss"])
     w = windows(result)
 
     def window(part: dict) -> str:
@@ -189,9 +206,9 @@ def render(result: dict) -> str:
               f"keypoints beat masking all over the prefixes at alpha {alpha} for "
               f"{result['keypoints_beat_mask_all_share']:.0%} of them.", "",
               "Answer NLL by prefix fraction (share of the rationale given):", "",
-              "| fraction | " + " | ".join(MASKS) + " |", "|---|" + "---|" * len(MASKS)]
+              "| fraction | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for j, f in enumerate(result["fractions"]):
-        lines.append(f"| {f:.3f} | " + " | ".join(str(masks[n]["answer_loss_by_fraction"][j]) for n in MASKS) + " |")
+        lines.append(f"| {f:.3f} | " + " | ".join(str(masks[n]["answer_loss_by_fraction"][j]) for n in names) + " |")
     effects = result.get("single_token")
     if effects:
         lines += ["", f"Masking one token alone, whole rationale, first {effects['examples']} rationales: the rise in "
@@ -221,6 +238,8 @@ def main() -> None:
     ap.add_argument("--parts", nargs="+", choices=("masks", "single_token"), default=["masks", "single_token"],
                     help="what to measure; a part not measured is kept from an existing --out JSON")
     ap.add_argument("--render", metavar="JSON", help="only rewrite the markdown report of a saved result")
+    ap.add_argument("--trained-predictor", action="store_true",
+                    help="train the weighting module first (the config's kpod.weighting) and score with its predictor")
     a = ap.parse_args()
     if a.render:
         path = Path(a.render)
@@ -244,10 +263,24 @@ def main() -> None:
     model.eval()
     examples = pipe.stage_encode(tok, questions, rationales)
     shutil.rmtree(work, ignore_errors=True)
-    inputs = [e for e in weighting_examples(tok, examples, questions) if e.rationale_ids and e.answer_ids][: a.examples]
+    usable = [e for e in weighting_examples(tok, examples, questions) if e.rationale_ids and e.answer_ids]
+    inputs = usable[: a.examples]
 
-    cue = torch.tensor(tok(ANSWER_CUE, add_special_tokens=False).input_ids, dtype=torch.long)
+    cue_ids = tok(ANSWER_CUE, add_special_tokens=False).input_ids
+    cue = torch.tensor(cue_ids, dtype=torch.long)
     mask_vector = mean_input_embedding(model.get_input_embeddings())
+    trained, learned = None, None
+    if a.trained_predictor:
+        fit = fit_weighting_module(usable, model.get_input_embeddings(), model, wcfg, cue_ids, progress=False)
+        model = fit.predictor.eval()
+        if fit.mask_vector is not None:
+            mask_vector = fit.mask_vector.detach()
+        weights = predict_token_weights(fit.module, [e.rationale_ids[: wcfg.max_rationale_tokens] for e in inputs])
+        learned = [(w > 0.5).astype(np.float32) for w in weights]
+        trained = {"predictor_mode": wcfg.predictor_mode, "warmup_steps": fit.stats["warmup_steps"],
+                   "steps": fit.stats["steps"], "final_keep_ratio": round(fit.stats["final_keep_ratio"], 4),
+                   "train_seconds": round(fit.stats["train_seconds"], 1),
+                   "mean_weight_evaluated": round(float(np.concatenate(weights).mean()), 4)}
     previous = Path(a.out + ".json")
     if "masks" not in a.parts:
         if not previous.exists():
@@ -256,13 +289,18 @@ def main() -> None:
         # Compared as fingerprints: options added since the result was written count at their old-behaviour values.
         if RunConfig.model_validate(result["config"]).fingerprint_fields() != settings:
             ap.error(f"{previous} was measured with another config: measure every part again")
+        if bool(result.get("trained_predictor")) != a.trained_predictor:
+            ap.error(f"{previous} was measured with{'out' if a.trained_predictor else ''} --trained-predictor")
     else:
-        result = measure_masks(model, tok, inputs, wcfg, cue, mask_vector, a.fractions, a.seed, a.batch_size)
+        result = measure_masks(model, tok, inputs, wcfg, cue, mask_vector, a.fractions, a.seed, a.batch_size, learned)
+        if trained:
+            result["trained_predictor"] = trained
         result.update({
             "benchmark": f"the weighting loss at fixed masks on the {cfg.data.dataset} training rationales",
             "machine": machine(), "commit": git_commit(), "config": cfg.model_dump(mode="json", exclude={"run_dir"}),
-            "reproduce": "python bench/weighting_objective.py %s --examples %d --fractions %d --seed %d%s" % (
-                os.path.relpath(a.config, ROOT), a.examples, a.fractions, a.seed, "".join(f" --set {s}" for s in a.set)),
+            "reproduce": "python bench/weighting_objective.py %s --examples %d --fractions %d --seed %d%s%s" % (
+                os.path.relpath(a.config, ROOT), a.examples, a.fractions, a.seed, "".join(f" --set {s}" for s in a.set),
+                " --trained-predictor" if a.trained_predictor else ""),
         })
     if "single_token" in a.parts and a.single_token_examples > 0:
         t0 = time.perf_counter()
@@ -277,17 +315,21 @@ def main() -> None:
     print(render(result))
 
 
-def measure_masks(model, tok, inputs, wcfg, cue, mask_vector, num_fractions: int, seed: int, batch_size: int) -> dict:
-    """The loss of Eqs. 5-7 at the fixed masks, per prefix fraction and on average."""
+def measure_masks(model, tok, inputs, wcfg, cue, mask_vector, num_fractions: int, seed: int, batch_size: int,
+                  learned: list[np.ndarray] | None = None) -> dict:
+    """The loss of Eqs. 5-7 at the fixed masks (and at a trained module's, if given), per prefix fraction and on
+    average."""
     fractions = np.linspace(0.0, 1.0, num_fractions)
     keeps = keep_vectors(tok, inputs, wcfg.max_rationale_tokens, seed)
+    if learned is not None:
+        keeps["learned"] = learned
     t0 = time.perf_counter()
-    nll = {m: prefix_nll(model, inputs, keeps[m], fractions, wcfg, cue, mask_vector, batch_size) for m in MASKS}
+    nll = {m: prefix_nll(model, inputs, keeps[m], fractions, wcfg, cue, mask_vector, batch_size) for m in keeps}
     seconds = time.perf_counter() - t0
 
     alpha = wcfg.alpha
     per_mask = {}
-    for m in MASKS:
+    for m in keeps:
         lp = nll[m].mean(axis=1)  # [N]: the prefix mean of Eq. 5, per rationale
         lm = np.array([k.mean() for k in keeps[m]])  # per-token L_m (Eq. 6 normalised)
         per_mask[m] = {"answer_loss": round(float(lp.mean()), 4), "mask_loss": round(float(lm.mean()), 4),
