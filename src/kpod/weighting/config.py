@@ -202,9 +202,7 @@ class WeightingConfig(LaterOptions, BaseModel):
         "learning moves the answer loss more than any mask does, so the module gets no steady signal). "
         "On the GSM8K rationales, 'lora' after 44 warm-up steps kept every token in all three weighting seeds "
         "(results/weighting_seeds_gsm8k_lora_warmup.md). "
-        "'frozen' suits a predictor that already reads question + rationale, as a pre-trained LM does. With "
-        "gradient_estimator 'score_function' the predictor is scored in forward passes only, so a trainable one "
-        "learns in the warm-up alone.",
+        "'frozen' suits a predictor that already reads question + rationale, as a pre-trained LM does.",
     )
     predictor_warmup_steps: int = Field(
         0,
