@@ -28,8 +28,9 @@ vector that training leaves, with one more mask: the module's own (tokens with w
     KPOD_DATA_DIR=path/to/data python bench/weighting_objective.py --set data.dataset=gsm8k \
         --out results/weighting_objective_gsm8k
     python bench/weighting_objective.py --render results/weighting_objective_gsm8k.json   # rewrite the .md only
-    python bench/weighting_objective.py --set data.dataset=gsm8k --set kpod.weighting.predictor_mode=lora \
-        --set kpod.weighting.predictor_warmup_steps=44 --trained-predictor --out results/weighting_objective_gsm8k_lora
+    KPOD_DATA_DIR=path/to/data python bench/weighting_objective.py --set data.dataset=gsm8k \
+        --set kpod.weighting.predictor_mode=lora --set kpod.weighting.predictor_warmup_steps=44 --trained-predictor \
+        --out results/weighting_objective_gsm8k_lora_warmup
 """
 
 from __future__ import annotations
