@@ -256,6 +256,16 @@ def main() -> None:
     cfg = load_config(a.config, parse_overrides(a.set))
     wcfg = cfg.kpod.weighting
     settings = cfg.fingerprint_fields()  # before run_dir points to a temporary folder
+    previous = Path(a.out + ".json")
+    if "masks" not in a.parts:  # checked before the model loads and (with --trained-predictor) trains
+        if not previous.exists():
+            ap.error(f"--parts without masks adds to an existing result, and {previous} does not exist")
+        result = json.loads(previous.read_text())
+        # Compared as fingerprints: options added since the result was written count at their old-behaviour values.
+        if RunConfig.model_validate(result["config"]).fingerprint_fields() != settings:
+            ap.error(f"{previous} was measured with another config: measure every part again")
+        if bool(result.get("trained_predictor")) != a.trained_predictor:
+            ap.error(f"{previous} was measured with{'out' if a.trained_predictor else ''} --trained-predictor")
     work = Path(tempfile.mkdtemp(prefix="kpod-weighting-objective-"))
     cfg.run_dir = str(work)  # the data stages write there; nothing of it is kept
     pipe = Pipeline(cfg, progress=False)
@@ -282,17 +292,7 @@ def main() -> None:
                    "steps": fit.stats["steps"], "final_keep_ratio": round(fit.stats["final_keep_ratio"], 4),
                    "train_seconds": round(fit.stats["train_seconds"], 1),
                    "mean_weight_evaluated": round(float(np.concatenate(weights).mean()), 4)}
-    previous = Path(a.out + ".json")
-    if "masks" not in a.parts:
-        if not previous.exists():
-            ap.error(f"--parts without masks adds to an existing result, and {previous} does not exist")
-        result = json.loads(previous.read_text())
-        # Compared as fingerprints: options added since the result was written count at their old-behaviour values.
-        if RunConfig.model_validate(result["config"]).fingerprint_fields() != settings:
-            ap.error(f"{previous} was measured with another config: measure every part again")
-        if bool(result.get("trained_predictor")) != a.trained_predictor:
-            ap.error(f"{previous} was measured with{'out' if a.trained_predictor else ''} --trained-predictor")
-    else:
+    if "masks" in a.parts:
         result = measure_masks(model, tok, inputs, wcfg, cue, mask_vector, a.fractions, a.seed, a.batch_size, learned)
         if trained:
             result["trained_predictor"] = trained
