@@ -37,10 +37,11 @@ from kpod.data.rationales import import_rationales  # noqa: E402
 from kpod.distill.examples import encode_examples  # noqa: E402
 from kpod.evaluation.evaluate import git_commit, machine  # noqa: E402
 from kpod.models import load_student  # noqa: E402
-from kpod.weighting.batching import answer_nll, build_predictor_batch, pad_examples  # noqa: E402
+from kpod.weighting.batching import build_predictor_batch, pad_examples  # noqa: E402
 from kpod.weighting.summary import classify_token  # noqa: E402
 from kpod.weighting.train import (  # noqa: E402
-    answer_logits_fn,
+    answer_nll_fn,
+    decoder_start_id,
     fit_weighting_module,
     mean_input_embedding,
     predict_token_weights,
@@ -82,16 +83,18 @@ def rationale_use(model, tok, examples, cue: torch.Tensor, config: WeightingConf
                 "every token masked": (batch.rationale_lengths, torch.zeros_like(full)),
                 "digits and operators masked": (batch.rationale_lengths, (~keypoints).float()),
                 "as many words masked": (batch.rationale_lengths, (~words).float())}
-    forward_logits = answer_logits_fn(model)  # the weighting stage's own forward: the answer positions' logits only
+    score_answers = answer_nll_fn(model)  # the weighting stage's own forward: the answer positions' logits only
     out = {}
     for name, (prefix, keep) in settings.items():
-        inputs = build_predictor_batch(batch, keep, prefix[:, None], emb, cue, "mask_embedding", mask_vector)
+        inputs = build_predictor_batch(batch, keep, prefix[:, None], emb, cue, "mask_embedding", mask_vector,
+                                       decoder_start_id(model))
         nll = []
         for i in range(0, len(inputs.labels), chunk):  # a few rows at a time: Gemma's 262k-token logits are large
             rows = slice(i, i + chunk)
             part = replace(inputs, inputs_embeds=inputs.inputs_embeds[rows], attention_mask=inputs.attention_mask[rows],
-                           position_ids=inputs.position_ids[rows], labels=inputs.labels[rows])
-            nll.append(answer_nll(forward_logits(part), part.labels))
+                           position_ids=inputs.position_ids[rows], labels=inputs.labels[rows],
+                           decoder_input_ids=None if inputs.decoder_input_ids is None else inputs.decoder_input_ids[rows])
+            nll.append(score_answers(part))
         out[name] = round(torch.cat(nll).mean().item(), 3)
     out["embedding scale"] = float(getattr(emb, "scalar_embed_scale", 1.0))
     out["mean |input embedding|"] = round(emb(batch.rationale[:1]).abs().mean().item(), 4)

@@ -58,10 +58,11 @@ from kpod.evaluation.evaluate import git_commit, machine  # noqa: E402
 from kpod.models import load_student  # noqa: E402
 from kpod.pipeline import Pipeline  # noqa: E402
 from kpod.weighting.artefact import token_strings  # noqa: E402
-from kpod.weighting.batching import answer_nll, build_predictor_batch, pad_examples  # noqa: E402
+from kpod.weighting.batching import build_predictor_batch, pad_examples  # noqa: E402
 from kpod.weighting.summary import classify_token  # noqa: E402
 from kpod.weighting.train import (  # noqa: E402
-    answer_logits_fn,
+    answer_nll_fn,
+    decoder_start_id,
     fit_weighting_module,
     mean_input_embedding,
     predict_token_weights,
@@ -93,7 +94,7 @@ def prefix_nll(model, inputs, keeps: list[np.ndarray], fractions: np.ndarray, wc
     """Answer NLL [N, F] of every rationale under its keep vector, at each prefix fraction."""
     data = pad_examples(inputs, wcfg)
     embedding = model.get_input_embeddings()
-    forward = answer_logits_fn(model)
+    score_answers = answer_nll_fn(model)
     rows = []
     for start in range(0, len(inputs), batch_size):
         index = torch.arange(start, min(start + batch_size, len(inputs)))
@@ -102,8 +103,9 @@ def prefix_nll(model, inputs, keeps: list[np.ndarray], fractions: np.ndarray, wc
         for row, i in enumerate(index.tolist()):
             keep[row, : len(keeps[i])] = torch.from_numpy(keeps[i])
         prefixes = torch.round(batch.rationale_lengths[:, None].float() * torch.from_numpy(fractions)[None].float()).long()
-        built = build_predictor_batch(batch, keep, prefixes, embedding, cue, wcfg.mask_representation, mask_vector)
-        rows.append(answer_nll(forward(built), built.labels).view(len(index), -1).numpy())
+        built = build_predictor_batch(batch, keep, prefixes, embedding, cue, wcfg.mask_representation, mask_vector,
+                                      decoder_start_id(model))
+        rows.append(score_answers(built).view(len(index), -1).numpy())
     return np.concatenate(rows)
 
 

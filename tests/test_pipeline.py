@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import yaml
 
@@ -127,6 +128,24 @@ def test_kpod_run_weighs_schedules_and_trains_in_stages(tmp_path, tiny_llama_dir
     report = json.loads((run / "weighting" / "summary.json").read_text())
     assert len(report["shown"]) == 2 and report["num_tokens"] > 0
     assert "<html" in (run / "weighting" / "weights.html").read_text().lower()
+
+
+def test_kpod_runs_on_a_seq2seq_student(tmp_path, tiny_t5_dir):
+    """The paper's FlanT5 family: the weighting predictor (a copy of the student) is an encoder-decoder too."""
+    path = _config(tmp_path, tiny_t5_dir, student={"lora": {"targets": ["q", "v"]}},
+                   train={"method": "kpod", "epochs": 2, "batch_size": 4}, eval={"max_examples": 1})
+    cfg = yaml.safe_load(path.read_text())
+    cfg["kpod"] = {"weighting": {"max_steps": 3, "batch_size": 4, "predictor_mode": "lora"}, "clusters": 2}
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--no-progress"]) == 0
+    run = tmp_path / "run"
+    stats = json.loads((run / "weighting" / "stats.json").read_text())
+    assert stats["steps"] == 3 and all(np.isfinite(stats["answer_loss"]))
+    rows = [json.loads(line) for line in (run / "weighting" / "weights.jsonl").read_text().splitlines()]
+    assert rows and all(len(r["weights"]) == len(r["tokens"]) and 0 < min(r["weights"]) for r in rows)
+    summary = json.loads((run / "train" / "summary.json").read_text())
+    assert [s["stage"] for s in summary["kpod_stages"]] == [0, 1]
+    assert json.loads((run / "eval" / "kpod-test" / "results.json").read_text())["n"] == 1
 
 
 def test_kpod_ablation_switches_reach_the_artefacts(tmp_path, tiny_llama_dir):

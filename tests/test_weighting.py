@@ -561,3 +561,74 @@ def test_mask_vector_starts_at_the_mean_input_the_model_reads():
     scaled.weight.data.copy_(plain.weight.data)
     assert torch.equal(mean_input_embedding(plain), plain.weight.mean(dim=0))
     assert torch.allclose(mean_input_embedding(scaled, chunk=7), 25.0 * plain.weight.mean(dim=0), atol=1e-5)
+
+
+# --- encoder-decoder predictors (the paper's FlanT5) ---------------------------------------------------------
+
+
+def tiny_t5(seed: int = 0):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    config = T5Config(
+        vocab_size=VOCAB, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, dropout_rate=0.0,
+    )
+    return T5ForConditionalGeneration(config)
+
+
+def test_seq2seq_predictor_reads_the_row_in_its_encoder_and_is_scored_on_the_answer():
+    """Encoder: [question][rationale prefix][cue], left-padded; decoder: start + answer; and the NLL of every row
+    equals the model's own loss on that row alone, unpadded, from token ids."""
+    from kpod.weighting.train import answer_nll_fn, decoder_start_id
+
+    model = tiny_t5(seed=1).eval()
+    examples = make_examples(4, seed=3)
+    examples[1].answer_ids = [15]  # answers of different lengths
+    batch = pad_examples(examples, WeightingConfig())
+    keep = torch.ones_like(batch.rationale, dtype=torch.float32)
+    prefixes = torch.tensor([[12], [5], [0], [7]])
+    inputs = build_predictor_batch(batch, keep, prefixes, model.get_input_embeddings(), torch.tensor(CUE), "zero",
+                                   decoder_start_token_id=decoder_start_id(model))
+    # Teacher forcing: the start token, then the answer less its last token (a lone answer token feeds only the
+    # padding position, which the labels ignore).
+    assert inputs.decoder_input_ids.tolist() == [[0, e.answer_ids[0]] for e in examples]
+    assert inputs.labels.tolist() == [e.answer_ids + [IGNORE_INDEX] * (2 - len(e.answer_ids)) for e in examples]
+    nll = answer_nll_fn(model)(inputs)
+    for row, (example, k) in enumerate(zip(examples, prefixes[:, 0].tolist())):
+        encoder_ids = example.question_ids + example.rationale_ids[:k] + CUE
+        assert int(inputs.attention_mask[row].sum()) == len(encoder_ids)
+        alone = model(input_ids=torch.tensor([encoder_ids]), labels=torch.tensor([example.answer_ids])).loss
+        assert nll[row].item() == pytest.approx(alone.item() * len(example.answer_ids), rel=1e-4)
+    assert decoder_start_id(tiny_llama()) is None
+
+
+@pytest.fixture(scope="module")
+def pretrained_t5_predictor():
+    """A tiny T5 taught on unmasked rationales to answer with their digits (as `pretrained_predictor`)."""
+    torch.set_num_threads(1)
+    model = tiny_t5()
+    config = WeightingConfig(
+        max_steps=1, alpha=0.0, predictor_mode="full", predictor_warmup_steps=150, predictor_lr=3e-3,
+        copy_predictor=False,
+    )
+    fit = fit_weighting_module(make_examples(2400, seed=100), model.get_input_embeddings(), model, config, CUE, progress=False)
+    assert np.mean(fit.stats["warmup_loss"][-20:]) < np.mean(fit.stats["warmup_loss"][:20]) - 1.0
+    return model
+
+
+@pytest.mark.parametrize("mode", ["frozen", "lora"])
+def test_seq2seq_predictor_lets_the_module_keep_digits_and_mask_filler(pretrained_t5_predictor, mode):
+    examples = make_examples(256, seed=11)
+    before = {k: v.clone() for k, v in pretrained_t5_predictor.state_dict().items()}
+    config = WeightingConfig(max_steps=40) if mode == "frozen" else WeightingConfig(
+        max_steps=120, predictor_mode="lora", lr=1e-3, num_prefix_lengths=2, predictor_lr=1e-3)
+    fit = fit_weighting_module(examples, pretrained_t5_predictor.get_input_embeddings(), pretrained_t5_predictor,
+                               config, CUE, progress=False)
+    weights = predict_token_weights(fit.module, [e.rationale_ids for e in examples])
+    digit, filler = class_means(weights, examples)
+    assert digit > 0.9 and filler < 0.2, (digit, filler)
+    after = pretrained_t5_predictor.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())  # LoRA trains a copy; frozen trains nothing
+    if mode == "lora":
+        assert type(fit.predictor).__name__ == "PeftModelForSeq2SeqLM"

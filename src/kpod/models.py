@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -150,7 +151,9 @@ def add_lora(model: PreTrainedModel, rank: int, alpha: float, dropout: float, ta
 
     task = TaskType.SEQ_2_SEQ_LM if is_seq2seq(model) else TaskType.CAUSAL_LM
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type=task)
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # transformers' deprecation notices raised from inside peft
+        warnings.simplefilter("ignore", FutureWarning)
+        return get_peft_model(model, config)
 
 
 def build_tiny_model(kind: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0, hidden: int = 64) -> PreTrainedModel:

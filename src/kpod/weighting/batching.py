@@ -7,6 +7,9 @@ Predictor row layout (causal LM), one row per (example, sampled prefix length k)
 
 The loss is on the answer tokens only. Rows are left-padded (the padding is moved in front) so that every
 row ends with its answer and only the last few positions need logits.
+
+An encoder-decoder predictor (the paper's FlanT5) reads the same row up to the cue in its encoder, and its
+decoder is scored on the answer: decoder input [decoder start][answer without its last token].
 """
 
 from __future__ import annotations
@@ -93,8 +96,9 @@ class PredictorBatch:
     inputs_embeds: torch.Tensor  # [R, T, D]
     attention_mask: torch.Tensor  # [R, T] long
     position_ids: torch.Tensor  # [R, T] long
-    labels: torch.Tensor  # [R, T] long, IGNORE_INDEX except on answer tokens
+    labels: torch.Tensor  # [R, T] long, IGNORE_INDEX except on answer tokens; encoder-decoder: [R, L_a]
     answer_width: int  # max answer length: the logits of the last answer_width + 1 positions suffice
+    decoder_input_ids: torch.Tensor | None = None  # encoder-decoder only: [R, L_a], start token + answer[:-1]
 
 
 def build_predictor_batch(
@@ -105,6 +109,7 @@ def build_predictor_batch(
     answer_cue_ids: torch.Tensor,
     representation: MaskRepresentation,
     mask_vector: torch.Tensor | None = None,
+    decoder_start_token_id: int | None = None,
 ) -> PredictorBatch:
     """Assemble the predictor input for masked rationale prefixes (Eq. 5), differentiable in `keep`.
 
@@ -114,6 +119,8 @@ def build_predictor_batch(
     mask_vector: [D], needed for 'mask_embedding' and 'drop'. A rationale token's input embedding becomes
     keep * emb + (1 - keep) * mask_vector ('mask_embedding'), keep * emb ('zero'); 'drop' removes tokens
     with keep < 0.5 and mixes the others as 'mask_embedding' does, so that they carry the gradient.
+    decoder_start_token_id: given for an encoder-decoder predictor, whose encoder then reads the row up to the
+    cue and whose decoder is scored on the answer (labels [R, L_a], right-padded with IGNORE_INDEX).
     """
     device = batch.rationale.device
     b, p = prefix_lengths.shape
@@ -142,54 +149,53 @@ def build_predictor_batch(
     if representation == "drop":
         r_present = r_present & (keep.detach() > 0.5)[:, None, :]
     a_present = torch.arange(l_a, device=device)[None, :] < batch.answer_lengths[:, None]  # [B, L_a]
+    answer_labels = expand(torch.where(a_present, batch.answer, IGNORE_INDEX))  # [R, L_a]
+    seq2seq = decoder_start_token_id is not None
 
-    present = torch.cat(
-        [
-            expand(q_present),
-            r_present.reshape(rows, l_r),
-            torch.ones(rows, l_c, dtype=torch.bool, device=device),
-            expand(a_present),
-        ],
-        dim=1,
-    )  # [R, T]
-    embeds = torch.cat(
-        [
-            expand(emb(batch.question)),
-            expand(rationale_emb),
-            emb(cue)[None].expand(rows, l_c, -1),
-            expand(emb(batch.answer)),
-        ],
-        dim=1,
-    )  # [R, T, D]
-    labels = torch.cat(
-        [
-            torch.full((rows, l_q + l_r + l_c), IGNORE_INDEX, dtype=torch.long, device=device),
-            expand(torch.where(a_present, batch.answer, IGNORE_INDEX)),
-        ],
-        dim=1,
-    )
+    present_parts = [expand(q_present), r_present.reshape(rows, l_r), torch.ones(rows, l_c, dtype=torch.bool, device=device)]
+    embed_parts = [expand(emb(batch.question)), expand(rationale_emb), emb(cue)[None].expand(rows, l_c, -1)]
+    if not seq2seq:  # the answer follows the cue in the same row
+        present_parts.append(expand(a_present))
+        embed_parts.append(expand(emb(batch.answer)))
+    present = torch.cat(present_parts, dim=1)  # [R, T]
+    embeds = torch.cat(embed_parts, dim=1)  # [R, T, D]
+    if seq2seq:
+        labels = answer_labels
+        start = torch.full((rows, 1), decoder_start_token_id, dtype=torch.long, device=device)
+        decoder_input_ids = torch.cat([start, expand(batch.answer)[:, :-1]], dim=1)  # teacher forcing
+    else:
+        decoder_input_ids = None
+        labels = torch.cat(
+            [torch.full((rows, l_q + l_r + l_c), IGNORE_INDEX, dtype=torch.long, device=device), answer_labels], dim=1
+        )
 
     # Left-pad: a stable sort moves absent positions to the front and keeps the order of the rest.
     order = torch.argsort(present.to(torch.int8), dim=1, stable=True)
     width = int(present.sum(dim=1).max())
     order = order[:, -width:]
     present = torch.gather(present, 1, order)
-    labels = torch.gather(labels, 1, order)
+    if not seq2seq:
+        labels = torch.gather(labels, 1, order)
     embeds = torch.gather(embeds, 1, order[..., None].expand(-1, -1, embeds.shape[-1]))
     embeds = torch.where(present[..., None], embeds, torch.zeros((), dtype=embeds.dtype, device=device))
     attention_mask = present.long()
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    return PredictorBatch(embeds, attention_mask, position_ids, labels, l_a)
+    return PredictorBatch(embeds, attention_mask, position_ids, labels, l_a, decoder_input_ids)
 
 
 def answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed answer negative log-likelihood per row.
+    """Summed answer negative log-likelihood per row (causal LM).
 
     logits: [R, K, V], the logits of the last K positions; labels: [R, T], T >= K. Logits at position t
     predict the label at t + 1, so logits[:, :-1] are scored against the last K - 1 labels. Returns [R].
     """
-    targets = labels[:, -(logits.shape[1] - 1) :]
-    log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    return aligned_nll(logits[:, :-1], labels[:, -(logits.shape[1] - 1) :])
+
+
+def aligned_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed negative log-likelihood per row of targets [R, K] under logits [R, K, V] that predict them in place
+    (an encoder-decoder's decoder logits); IGNORE_INDEX targets count nothing. Returns [R]."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
     valid = targets != IGNORE_INDEX
     picked = torch.gather(log_probs, 2, targets.clamp(min=0)[..., None]).squeeze(-1)
     return -(picked * valid).sum(dim=1)

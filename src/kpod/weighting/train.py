@@ -5,7 +5,8 @@ One step, for a batch of rationales:
      the relaxed sample by default, the hard straight-through one with `hard_mask=True`;
   2. for a few sampled prefix lengths k per rationale, the predictor reads [question][r[m]_<k][cue][answer]
      through `inputs_embeds` and is scored on the answer tokens: L_p (Eq. 5) (with `answer_prefixes='whole'`,
-     not the paper's, k is the whole rationale's length);
+     not the paper's, k is the whole rationale's length); an encoder-decoder predictor (the paper's FlanT5)
+     reads [question][r[m]_<k][cue] in its encoder and is scored on the answer in its decoder;
   3. L_m = mean_j m_j (or sum_j m_j, Eq. 6) and L = L_p + alpha * L_m (Eq. 7); module, mask vector and the
      trainable predictor parameters take one Adam step.
 With `gradient_estimator='score_function'` (not the paper's) steps 1-2 draw several hard masks per rationale,
@@ -34,7 +35,6 @@ import inspect
 import logging
 import math
 import time
-import warnings
 from typing import Callable
 
 import numpy as np
@@ -43,8 +43,10 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from kpod.models import add_lora
 from kpod.weighting.batching import (
     PaddedExamples,
+    aligned_nll,
     answer_nll,
     build_predictor_batch,
     pad_examples,
@@ -74,20 +76,11 @@ class WeightingFit:
 
 def prepare_predictor(predictor: nn.Module, config: WeightingConfig) -> nn.Module:
     """Copy (if configured) and set which predictor parameters train: none, LoRA adapters, or all."""
-    if getattr(predictor.config, "is_encoder_decoder", False):
-        raise NotImplementedError("seq2seq predictors are not supported yet; use a causal LM")
+    decoder_start_id(predictor)  # an encoder-decoder predictor must say how its decoder starts
     if config.copy_predictor and config.predictor_mode != "frozen":
         predictor = copy.deepcopy(predictor)
     if config.predictor_mode == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(
-            r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0,
-            target_modules="all-linear", task_type="CAUSAL_LM",
-        )
-        with warnings.catch_warnings():  # transformers' deprecation notices raised from inside peft
-            warnings.simplefilter("ignore", FutureWarning)
-            predictor = get_peft_model(predictor, lora)
+        predictor = add_lora(predictor, config.lora_rank, config.lora_alpha, dropout=0.0, targets="all-linear")
     elif config.predictor_mode == "frozen":
         predictor.requires_grad_(False)
     else:
@@ -96,21 +89,45 @@ def prepare_predictor(predictor: nn.Module, config: WeightingConfig) -> nn.Modul
     return predictor
 
 
-def answer_logits_fn(predictor: nn.Module):
-    """A function (batch) -> logits of the last answer_width + 1 positions, [R, K, V]: all the weighting loss reads."""
+def decoder_start_id(predictor: nn.Module) -> int | None:
+    """The decoder start token of an encoder-decoder predictor (build_predictor_batch's `decoder_start_token_id`);
+    None for a causal LM."""
+    config = predictor.config
+    if not getattr(config, "is_encoder_decoder", False):
+        return None
+    if config.decoder_start_token_id is None:
+        raise ValueError("the encoder-decoder predictor's config has no decoder_start_token_id")
+    return int(config.decoder_start_token_id)
+
+
+def answer_nll_fn(predictor: nn.Module) -> Callable:
+    """A function (PredictorBatch) -> summed answer NLL per row [R], for a causal LM or an encoder-decoder.
+
+    A causal LM computes the logits of the last answer_width + 1 positions only: all the weighting loss reads.
+    """
     base = predictor.get_base_model() if hasattr(predictor, "get_base_model") else predictor
+    if decoder_start_id(predictor) is not None:
+
+        def seq2seq_forward(batch) -> torch.Tensor:
+            out = predictor(
+                inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+                decoder_input_ids=batch.decoder_input_ids, use_cache=False,
+            )
+            return aligned_nll(out.logits, batch.labels)
+
+        return seq2seq_forward
     keeps_last = "logits_to_keep" in inspect.signature(type(base).forward).parameters
 
-    def forward(batch) -> torch.Tensor:
+    def causal_forward(batch) -> torch.Tensor:
         k = min(batch.answer_width + 1, batch.inputs_embeds.shape[1])
         extra = {"logits_to_keep": k} if keeps_last else {}
         out = predictor(
             inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
             position_ids=batch.position_ids, use_cache=False, **extra,
         )
-        return out.logits[:, -k:]
+        return answer_nll(out.logits[:, -k:], batch.labels)
 
-    return forward
+    return causal_forward
 
 
 @torch.no_grad()
@@ -235,7 +252,8 @@ def fit_weighting_module(
         cue = torch.tensor(list(answer_cue_ids), dtype=torch.long, device=device)
         order_rng = torch.Generator().manual_seed(config.seed)
         noise_rng = torch.Generator(device=device).manual_seed(config.seed + 1)
-        forward_logits = answer_logits_fn(predictor)
+        score_answers = answer_nll_fn(predictor)
+        decoder_start = decoder_start_id(predictor)
 
         steps_per_epoch = math.ceil(len(usable) / config.batch_size)
         total_steps = config.max_steps or config.epochs * steps_per_epoch
@@ -254,9 +272,9 @@ def fit_weighting_module(
         def step(batch: PaddedExamples, keep: torch.Tensor, alpha: float) -> tuple[torch.Tensor, ...]:
             prefixes = answer_prefix_lengths(batch)
             inputs = build_predictor_batch(
-                batch, keep, prefixes, token_embedding, cue, config.mask_representation, mask_vector
+                batch, keep, prefixes, token_embedding, cue, config.mask_representation, mask_vector, decoder_start
             )
-            nll = answer_nll(forward_logits(inputs), inputs.labels)
+            nll = score_answers(inputs)
             return weighting_loss(nll, keep, batch.rationale_lengths, alpha, config.mask_loss_normalisation)
 
         def score_function_step(batch: PaddedExamples, logits: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -268,9 +286,9 @@ def fit_weighting_module(
                 prefixes = answer_prefix_lengths(batch)
                 inputs = build_predictor_batch(
                     batch.repeat_each(samples), keep.flatten(0, 1), prefixes.repeat_interleave(samples, dim=0),
-                    token_embedding, cue, config.mask_representation, mask_vector,
+                    token_embedding, cue, config.mask_representation, mask_vector, decoder_start,
                 )
-                nll = answer_nll(forward_logits(inputs), inputs.labels).view(len(probs), samples, -1)
+                nll = score_answers(inputs).view(len(probs), samples, -1)
             # L_p of the drawn masks (no gradient) and L_m as the expected keep ratio (exact gradient) ...
             loss, lp, lm = weighting_loss(
                 nll.flatten(), probs, batch.rationale_lengths, config.alpha,
@@ -380,8 +398,8 @@ def train_token_weighting(
 ) -> tuple[list[np.ndarray], dict]:
     """Train the weighting module on `examples`, then weight every rationale token of every example.
 
-    embedding: the student's input embedding (copied, frozen). predictor: any HF causal LM with the
-    student's tokenizer. answer_cue_ids: ids of the cue between rationale and answer (" Therefore, the
+    embedding: the student's input embedding (copied, frozen). predictor: any HF causal LM or encoder-decoder
+    with the student's tokenizer. answer_cue_ids: ids of the cue between rationale and answer (" Therefore, the
     answer is"). Returns (weights, stats): weights[i] has one float in (0, 1) per token of
     examples[i].rationale_ids (empty rationales get an empty array); stats holds the per-step loss,
     answer loss, mask loss and keep ratio curves (and the Gumbel temperature's, for that estimator), timing and the
