@@ -328,6 +328,20 @@ def test_kpod_run_with_a_baseline(method, tmp_path, tiny_llama_dir):
         assert report["questions_by_rationale_count"] == {"3": 4}
 
 
+@pytest.mark.parametrize("method", ["scotd", "specialized_kd", "scott", "mcc_kd", "kpod_acl", "kpod_spl", "kpod_icl"])
+def test_every_method_runs_on_a_seq2seq_student(method, tmp_path, tiny_t5_dir):
+    """The paper's own students are FlanT5s: each baseline and curriculum trains and answers with a T5 too."""
+    path = _run_config(tmp_path, tiny_t5_dir, method)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["student"]["lora"]["targets"] = ["q", "v"]
+    cfg["kpod"] = {"weighting": {"max_steps": 2, "batch_size": 4}, "clusters": 2}
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--no-progress"]) == 0
+    run = tmp_path / "run"
+    assert json.loads((run / "train" / "method.json").read_text())["method"] == method
+    assert json.loads((run / "eval" / f"{method}-test" / "results.json").read_text())["n"] == 1
+
+
 def test_shipped_experiment_configs_resolve_every_cell():
     from kpod.experiment import load_experiment, plan_cells
 
