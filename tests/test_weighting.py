@@ -85,8 +85,12 @@ def class_means(weights: list[np.ndarray], examples: list[WeightingExample]) -> 
 def pretrained_predictor() -> LlamaForCausalLM:
     """A tiny Llama taught (on unmasked rationales) to answer with the rationale's digits, as a pre-trained
     predictor would; its input embedding then also tells digits from filler, as a real one does."""
+    return teach_digit_answers(tiny_llama())
+
+
+def teach_digit_answers(model: nn.Module) -> nn.Module:
+    """Train `model` in place (the weighting stage's predictor warm-up, full fine-tuning) to answer with the digits."""
     torch.set_num_threads(1)  # tiny matrices: threads only add overhead on busy machines
-    model = tiny_llama()
     config = WeightingConfig(
         max_steps=1, alpha=0.0, predictor_mode="full", predictor_warmup_steps=150, predictor_lr=3e-3,
         copy_predictor=False,
@@ -606,15 +610,7 @@ def test_seq2seq_predictor_reads_the_row_in_its_encoder_and_is_scored_on_the_ans
 @pytest.fixture(scope="module")
 def pretrained_t5_predictor():
     """A tiny T5 taught on unmasked rationales to answer with their digits (as `pretrained_predictor`)."""
-    torch.set_num_threads(1)
-    model = tiny_t5()
-    config = WeightingConfig(
-        max_steps=1, alpha=0.0, predictor_mode="full", predictor_warmup_steps=150, predictor_lr=3e-3,
-        copy_predictor=False,
-    )
-    fit = fit_weighting_module(make_examples(2400, seed=100), model.get_input_embeddings(), model, config, CUE, progress=False)
-    assert np.mean(fit.stats["warmup_loss"][-20:]) < np.mean(fit.stats["warmup_loss"][:20]) - 1.0
-    return model
+    return teach_digit_answers(tiny_t5())
 
 
 @pytest.mark.parametrize("mode", ["frozen", "lora"])

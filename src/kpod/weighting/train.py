@@ -105,7 +105,6 @@ def answer_nll_fn(predictor: nn.Module) -> Callable:
 
     A causal LM computes the logits of the last answer_width + 1 positions only: all the weighting loss reads.
     """
-    base = predictor.get_base_model() if hasattr(predictor, "get_base_model") else predictor
     if decoder_start_id(predictor) is not None:
 
         def seq2seq_forward(batch) -> torch.Tensor:
@@ -116,6 +115,7 @@ def answer_nll_fn(predictor: nn.Module) -> Callable:
             return aligned_nll(out.logits, batch.labels)
 
         return seq2seq_forward
+    base = predictor.get_base_model() if hasattr(predictor, "get_base_model") else predictor
     keeps_last = "logits_to_keep" in inspect.signature(type(base).forward).parameters
 
     def causal_forward(batch) -> torch.Tensor:
