@@ -31,12 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from kpod.config import WeightingConfig  # noqa: E402
-from kpod.curriculum.stages import ANSWER_CUE, weighting_examples  # noqa: E402
+from kpod.curriculum.stages import answer_cue_ids, weighting_examples  # noqa: E402
 from kpod.data.datasets import load_split  # noqa: E402
 from kpod.data.rationales import import_rationales  # noqa: E402
 from kpod.distill.examples import encode_examples  # noqa: E402
 from kpod.evaluation.evaluate import git_commit, machine  # noqa: E402
-from kpod.models import load_student  # noqa: E402
+from kpod.models import is_seq2seq, load_student  # noqa: E402
 from kpod.weighting.batching import build_predictor_batch, pad_examples  # noqa: E402
 from kpod.weighting.summary import classify_token  # noqa: E402
 from kpod.weighting.train import (  # noqa: E402
@@ -123,8 +123,9 @@ def main() -> None:
         torch.manual_seed(a.seed)
         model, tok = load_student(name)
         model.eval()
-        examples = weighting_examples(tok, encode_examples(tok, questions, rationales, progress=False)[0], questions)
-        cue_ids = tok(ANSWER_CUE, add_special_tokens=False).input_ids
+        encoded = encode_examples(tok, questions, rationales, progress=False)[0]
+        examples = weighting_examples(tok, encoded, questions, is_seq2seq(model))
+        cue_ids = answer_cue_ids(tok, is_seq2seq(model))
         use = rationale_use(model, tok, examples[: a.nll_rationales], torch.tensor(cue_ids), config)
         print(name, use, flush=True)
         # Trace the mean weight of keypoints and of the other tokens of the first 16 rationales after every step.

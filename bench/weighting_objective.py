@@ -53,9 +53,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from kpod.cli import parse_overrides  # noqa: E402
 from kpod.config import RunConfig, load_config  # noqa: E402
-from kpod.curriculum.stages import ANSWER_CUE, weighting_examples  # noqa: E402
+from kpod.curriculum.stages import answer_cue_ids, weighting_examples  # noqa: E402
 from kpod.evaluation.evaluate import git_commit, machine  # noqa: E402
-from kpod.models import load_student  # noqa: E402
+from kpod.models import is_seq2seq, load_student  # noqa: E402
 from kpod.pipeline import Pipeline  # noqa: E402
 from kpod.weighting.artefact import token_strings  # noqa: E402
 from kpod.weighting.batching import build_predictor_batch, pad_examples  # noqa: E402
@@ -276,10 +276,11 @@ def main() -> None:
     model.eval()
     examples = pipe.stage_encode(tok, questions, rationales)
     shutil.rmtree(work, ignore_errors=True)
-    usable = [e for e in weighting_examples(tok, examples, questions) if e.rationale_ids and e.answer_ids]
+    seq2seq = is_seq2seq(model)
+    usable = [e for e in weighting_examples(tok, examples, questions, seq2seq) if e.rationale_ids and e.answer_ids]
     inputs = usable[: a.examples]
 
-    cue_ids = tok(ANSWER_CUE, add_special_tokens=False).input_ids
+    cue_ids = answer_cue_ids(tok, seq2seq)
     cue = torch.tensor(cue_ids, dtype=torch.long)
     mask_vector = mean_input_embedding(model.get_input_embeddings())
     trained, learned = None, None

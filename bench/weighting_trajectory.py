@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from kpod.cli import parse_overrides  # noqa: E402
 from kpod.config import load_config  # noqa: E402
-from kpod.curriculum.stages import ANSWER_CUE, weighted_rationales, weighting_examples  # noqa: E402
+from kpod.curriculum.stages import answer_cue_ids, weighted_rationales, weighting_examples  # noqa: E402
 from kpod.evaluation.evaluate import git_commit, machine  # noqa: E402
-from kpod.models import load_student  # noqa: E402
+from kpod.models import is_seq2seq, load_student  # noqa: E402
 from kpod.pipeline import Pipeline  # noqa: E402
 from kpod.weighting.summary import TOKEN_CLASSES, summarize_weights  # noqa: E402
 from kpod.weighting.train import fit_weighting_module, predict_token_weights  # noqa: E402
@@ -49,14 +49,14 @@ def snapshot(module, tok, examples, weighting_inputs, batch_size: int) -> dict:
 def run_seed(cfg, seed: int, tok, model, examples, questions, every: int) -> dict:
     wcfg = cfg.kpod.weighting.model_copy(update={"seed": seed})
     trace: list[dict] = []
-    weighting_inputs = weighting_examples(tok, examples, questions)
+    weighting_inputs = weighting_examples(tok, examples, questions, is_seq2seq(model))
 
     def on_step(step: int, module) -> None:
         if (step + 1) % every == 0 or step + 1 == wcfg.max_steps:
             trace.append({"step": step + 1, **snapshot(module, tok, examples, weighting_inputs, wcfg.inference_batch_size)})
             print(json.dumps({"seed": seed, **trace[-1]}), flush=True)
 
-    cue = tok(ANSWER_CUE, add_special_tokens=False).input_ids
+    cue = answer_cue_ids(tok, is_seq2seq(model))
     t0 = time.perf_counter()
     fit = fit_weighting_module(weighting_inputs, model.get_input_embeddings(), model,
                                wcfg, answer_cue_ids=cue, progress=False, on_step=on_step)

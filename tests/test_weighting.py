@@ -607,6 +607,24 @@ def test_seq2seq_predictor_reads_the_row_in_its_encoder_and_is_scored_on_the_ans
     assert decoder_start_id(tiny_llama()) is None
 
 
+def test_an_encoder_decoder_reads_its_end_token_after_the_cue_not_after_the_question(smol_tokenizer):
+    from kpod.curriculum.stages import answer_cue_ids, weighting_examples
+    from kpod.data.records import Question
+    from kpod.distill.examples import EncodedExample
+
+    eos = smol_tokenizer.eos_token_id
+    prompt = smol_tokenizer("Q: How many apples? A:", add_special_tokens=False).input_ids
+    target = smol_tokenizer(" 2 + 3 = 5. Therefore, the answer is 5.", add_special_tokens=False).input_ids + [eos]
+    example = EncodedExample("q1#t#0", "q1", prompt + [eos], target, [(0, 6)], 6)  # as a T5 tokenizer ends a prompt
+    questions = {"q1": Question(id="q1", question="How many apples?", answer="5", dataset="custom")}
+    causal = weighting_examples(smol_tokenizer, [example], questions)[0]
+    seq2seq = weighting_examples(smol_tokenizer, [example], questions, seq2seq=True)[0]
+    assert causal.question_ids == prompt + [eos] and seq2seq.question_ids == prompt
+    assert seq2seq.rationale_ids == causal.rationale_ids == target[:6]
+    cue = smol_tokenizer(" Therefore, the answer is", add_special_tokens=False).input_ids
+    assert answer_cue_ids(smol_tokenizer) == cue and answer_cue_ids(smol_tokenizer, seq2seq=True) == cue + [eos]
+
+
 @pytest.fixture(scope="module")
 def pretrained_t5_predictor():
     """A tiny T5 taught on unmasked rationales to answer with their digits (as `pretrained_predictor`)."""

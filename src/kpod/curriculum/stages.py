@@ -26,6 +26,7 @@ from kpod.curriculum.difficulty import step_difficulties, target_token_nll
 from kpod.curriculum.schedule import compute_schedule
 from kpod.data.records import Question
 from kpod.distill.examples import EncodedExample
+from kpod.models import is_seq2seq
 from kpod.weighting.artefact import WeightedRationale, load_weights_jsonl, save_weights_jsonl, token_strings
 from kpod.weighting.config import WeightingExample
 from kpod.weighting.report import write_weighting_report
@@ -36,13 +37,32 @@ ANSWER_CUE = " Therefore, the answer is"
 
 
 # ----------------------------------------------------------------------------- weigh
-def weighting_examples(tokenizer, examples: list[EncodedExample], questions: dict[str, Question]) -> list[WeightingExample]:
-    """The predictor reads [question prompt][masked rationale prefix][cue][answer] (answer scored)."""
+def weighting_examples(tokenizer, examples: list[EncodedExample], questions: dict[str, Question],
+                       seq2seq: bool = False) -> list[WeightingExample]:
+    """The predictor reads [question prompt][masked rationale prefix][cue][answer] (answer scored).
+
+    seq2seq: for an encoder-decoder predictor, whose encoder reads question, rationale and cue as one input; the
+    end token that its tokenizer puts after the prompt (T5's "</s>") is left out here and follows the cue instead
+    (`answer_cue_ids`), where the model was trained to see it.
+    """
+    eos = tokenizer.eos_token_id
     out = []
     for ex in examples:
         answer_ids = tokenizer(f" {questions[ex.question_id].answer}.", add_special_tokens=False).input_ids
-        out.append(WeightingExample(ex.prompt_ids, ex.target_ids[: ex.answer_start], answer_ids))
+        question_ids = ex.prompt_ids
+        if seq2seq and question_ids and question_ids[-1] == eos:
+            question_ids = question_ids[:-1]
+        out.append(WeightingExample(question_ids, ex.target_ids[: ex.answer_start], answer_ids))
     return out
+
+
+def answer_cue_ids(tokenizer, seq2seq: bool = False) -> list[int]:
+    """The ids of the cue between rationale and answer; an encoder-decoder's encoder input ends with it, and so
+    with the end token."""
+    ids = tokenizer(ANSWER_CUE, add_special_tokens=False).input_ids
+    if seq2seq and tokenizer.eos_token_id is not None:
+        ids = ids + [tokenizer.eos_token_id]
+    return ids
 
 
 def weighted_rationales(tokenizer, examples: list[EncodedExample], weights: list[np.ndarray]):
@@ -55,9 +75,10 @@ def weighted_rationales(tokenizer, examples: list[EncodedExample], weights: list
 def run_weighting(tokenizer, examples, questions, predictor, settings: KpodSettings, out_dir: Path,
                   progress: bool = True) -> list[np.ndarray]:
     t0 = time.time()
-    cue = tokenizer(ANSWER_CUE, add_special_tokens=False).input_ids
+    seq2seq = is_seq2seq(predictor)
+    cue = answer_cue_ids(tokenizer, seq2seq)
     weights, stats = train_token_weighting(
-        weighting_examples(tokenizer, examples, questions), predictor.get_input_embeddings(), predictor,
+        weighting_examples(tokenizer, examples, questions, seq2seq), predictor.get_input_embeddings(), predictor,
         settings.weighting, answer_cue_ids=cue, progress=progress,
     )
     stats["wall_s"] = round(time.time() - t0, 1)

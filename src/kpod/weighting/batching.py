@@ -8,8 +8,9 @@ Predictor row layout (causal LM), one row per (example, sampled prefix length k)
 The loss is on the answer tokens only. Rows are left-padded (the padding is moved in front) so that every
 row ends with its answer and only the last few positions need logits.
 
-An encoder-decoder predictor (the paper's FlanT5) reads the same row up to the cue in its encoder, and its
-decoder is scored on the answer: decoder input [decoder start][answer without its last token].
+An encoder-decoder predictor (the paper's FlanT5) reads the same row up to the cue in its encoder (the caller
+ends the cue with the end token: `kpod.curriculum.stages.answer_cue_ids`), and its decoder is scored on the
+answer: decoder input [decoder start][answer without its last token].
 """
 
 from __future__ import annotations
