@@ -83,7 +83,7 @@ def rationale_use(model, tok, examples, cue: torch.Tensor, config: WeightingConf
                 "every token masked": (batch.rationale_lengths, torch.zeros_like(full)),
                 "digits and operators masked": (batch.rationale_lengths, (~keypoints).float()),
                 "as many words masked": (batch.rationale_lengths, (~words).float())}
-    score_answers = answer_nll_fn(model)  # the weighting stage's own forward: the answer positions' logits only
+    score_answers = answer_nll_fn(model)  # the weighting stage's own forward and answer loss
     out = {}
     for name, (prefix, keep) in settings.items():
         inputs = build_predictor_batch(batch, keep, prefix[:, None], emb, cue, "mask_embedding", mask_vector,
@@ -124,8 +124,9 @@ def main() -> None:
         model, tok = load_student(name)
         model.eval()
         encoded = encode_examples(tok, questions, rationales, progress=False)[0]
-        examples = weighting_examples(tok, encoded, questions, is_seq2seq(model))
-        cue_ids = answer_cue_ids(tok, is_seq2seq(model))
+        seq2seq = is_seq2seq(model)
+        examples = weighting_examples(tok, encoded, questions, seq2seq)
+        cue_ids = answer_cue_ids(tok, seq2seq)
         use = rationale_use(model, tok, examples[: a.nll_rationales], torch.tensor(cue_ids), config)
         print(name, use, flush=True)
         # Trace the mean weight of keypoints and of the other tokens of the first 16 rationales after every step.

@@ -95,6 +95,7 @@ def prefix_nll(model, inputs, keeps: list[np.ndarray], fractions: np.ndarray, wc
     data = pad_examples(inputs, wcfg)
     embedding = model.get_input_embeddings()
     score_answers = answer_nll_fn(model)
+    decoder_start = decoder_start_id(model)
     rows = []
     for start in range(0, len(inputs), batch_size):
         index = torch.arange(start, min(start + batch_size, len(inputs)))
@@ -104,7 +105,7 @@ def prefix_nll(model, inputs, keeps: list[np.ndarray], fractions: np.ndarray, wc
             keep[row, : len(keeps[i])] = torch.from_numpy(keeps[i])
         prefixes = torch.round(batch.rationale_lengths[:, None].float() * torch.from_numpy(fractions)[None].float()).long()
         built = build_predictor_batch(batch, keep, prefixes, embedding, cue, wcfg.mask_representation, mask_vector,
-                                      decoder_start_id(model))
+                                      decoder_start)
         rows.append(score_answers(built).view(len(index), -1).numpy())
     return np.concatenate(rows)
 

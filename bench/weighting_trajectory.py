@@ -49,14 +49,15 @@ def snapshot(module, tok, examples, weighting_inputs, batch_size: int) -> dict:
 def run_seed(cfg, seed: int, tok, model, examples, questions, every: int) -> dict:
     wcfg = cfg.kpod.weighting.model_copy(update={"seed": seed})
     trace: list[dict] = []
-    weighting_inputs = weighting_examples(tok, examples, questions, is_seq2seq(model))
+    seq2seq = is_seq2seq(model)
+    weighting_inputs = weighting_examples(tok, examples, questions, seq2seq)
 
     def on_step(step: int, module) -> None:
         if (step + 1) % every == 0 or step + 1 == wcfg.max_steps:
             trace.append({"step": step + 1, **snapshot(module, tok, examples, weighting_inputs, wcfg.inference_batch_size)})
             print(json.dumps({"seed": seed, **trace[-1]}), flush=True)
 
-    cue = answer_cue_ids(tok, is_seq2seq(model))
+    cue = answer_cue_ids(tok, seq2seq)
     t0 = time.perf_counter()
     fit = fit_weighting_module(weighting_inputs, model.get_input_embeddings(), model,
                                wcfg, answer_cue_ids=cue, progress=False, on_step=on_step)

@@ -155,20 +155,19 @@ def build_predictor_batch(
 
     present_parts = [expand(q_present), r_present.reshape(rows, l_r), torch.ones(rows, l_c, dtype=torch.bool, device=device)]
     embed_parts = [expand(emb(batch.question)), expand(rationale_emb), emb(cue)[None].expand(rows, l_c, -1)]
-    if not seq2seq:  # the answer follows the cue in the same row
-        present_parts.append(expand(a_present))
-        embed_parts.append(expand(emb(batch.answer)))
-    present = torch.cat(present_parts, dim=1)  # [R, T]
-    embeds = torch.cat(embed_parts, dim=1)  # [R, T, D]
-    if seq2seq:
+    if seq2seq:  # the decoder reads the answer: teacher forcing from the start token
         labels = answer_labels
         start = torch.full((rows, 1), decoder_start_token_id, dtype=torch.long, device=device)
-        decoder_input_ids = torch.cat([start, expand(batch.answer)[:, :-1]], dim=1)  # teacher forcing
-    else:
-        decoder_input_ids = None
+        decoder_input_ids = torch.cat([start, expand(batch.answer)[:, :-1]], dim=1)
+    else:  # the answer follows the cue in the same row
+        present_parts.append(expand(a_present))
+        embed_parts.append(expand(emb(batch.answer)))
         labels = torch.cat(
             [torch.full((rows, l_q + l_r + l_c), IGNORE_INDEX, dtype=torch.long, device=device), answer_labels], dim=1
         )
+        decoder_input_ids = None
+    present = torch.cat(present_parts, dim=1)  # [R, T]
+    embeds = torch.cat(embed_parts, dim=1)  # [R, T, D]
 
     # Left-pad: a stable sort moves absent positions to the front and keeps the order of the rest.
     order = torch.argsort(present.to(torch.int8), dim=1, stable=True)

@@ -43,7 +43,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from kpod.models import add_lora
+from kpod.models import add_lora, is_seq2seq
 from kpod.weighting.batching import (
     PaddedExamples,
     aligned_nll,
@@ -92,12 +92,11 @@ def prepare_predictor(predictor: nn.Module, config: WeightingConfig) -> nn.Modul
 def decoder_start_id(predictor: nn.Module) -> int | None:
     """The decoder start token of an encoder-decoder predictor (build_predictor_batch's `decoder_start_token_id`);
     None for a causal LM."""
-    config = predictor.config
-    if not getattr(config, "is_encoder_decoder", False):
+    if not is_seq2seq(predictor):
         return None
-    if config.decoder_start_token_id is None:
+    if predictor.config.decoder_start_token_id is None:
         raise ValueError("the encoder-decoder predictor's config has no decoder_start_token_id")
-    return int(config.decoder_start_token_id)
+    return int(predictor.config.decoder_start_token_id)
 
 
 def answer_nll_fn(predictor: nn.Module) -> Callable:
