@@ -11,6 +11,7 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -24,11 +25,14 @@ from kpod.experiment import (
     comparison_table,
     comparisons,
     difference_interval,
+    evaluation_folders,
     format_cell,
     load_experiment,
     markdown_table,
     mean_std,
+    paired_difference_interval,
     plan_cells,
+    question_outcomes,
     seed_spread,
     seed_spread_table,
     shown_run_dir,
@@ -113,6 +117,74 @@ def test_kpod_is_compared_with_each_method_by_an_interval_over_the_test_question
     assert table[0] == "### KPOD against each method"
     assert "| svamp | plain CoT distillation | +30.00 |" in table[5]
     assert comparisons(exp.model_copy(update={"compare_with": None}), records, aggregate(records)) == []
+
+
+def test_paired_interval_is_the_mean_per_question_difference_with_its_standard_error():
+    a = np.array([1.0, 1.0, 0.0, 0.0, 1.0])
+    b = np.array([0.0, 1.0, 0.0, 0.0, 0.0])
+    diff, low, high, differing = paired_difference_interval(a, b)
+    se = math.sqrt((2 * 0.6**2 + 3 * 0.4**2) / 4) / math.sqrt(5)  # differences 1, 0, 0, 0, 1: mean 0.4
+    assert diff == pytest.approx(40.0) and (low, high) == pytest.approx((100 * (0.4 - 1.96 * se), 100 * (0.4 + 1.96 * se)))
+    assert differing == 2
+    assert paired_difference_interval(a, a)[1:] == (0.0, 0.0, 0)  # the same answers: no difference, no width
+
+
+def _answered(method, seed, right, n=150, questions="q150"):
+    """A finished cell whose answers per question are on hand: questions 0..n-1, the ones in `right` answered right."""
+    outcomes = "".join("1" if i in right else "0" for i in range(n))
+    return {"method": method, "seed": seed, "dataset": "svamp", "done": True,
+            "accuracy": {"svamp": {"accuracy": 100 * len(right) / n, "correct": len(right), "n": n,
+                                   "outcomes": outcomes, "questions": questions}}}
+
+
+def test_methods_answering_the_same_questions_are_compared_question_by_question():
+    exp = ExperimentConfig(name="t", base="b.yaml", seeds=[0, 1], datasets={"svamp": {}},
+                           methods={"plain": {}, "mcc_kd": {}, "scotd": {}}, compare_with="mcc_kd")
+    # MCC-KD gets right every question plain gets right, and 12 more: 20 % against 12 % on 150 questions, in both seeds.
+    records = [_answered("mcc_kd", s, set(range(30))) for s in (0, 1)] + [_answered("plain", s, set(range(18))) for s in (0, 1)]
+    # SCoTD: as many right as plain, but on other questions (a different digest: other questions, not comparable).
+    records += [_answered("scotd", s, set(range(100, 118)), questions="other") for s in (0, 1)]
+    rows = {r["method"]: r for r in comparisons(exp, records, aggregate(records))}
+    plain, scotd = rows["plain"], rows["scotd"]
+    assert plain["difference"] == pytest.approx(8.0) and plain["low"] < 0  # unpaired: no verdict
+    d = np.array([1.0] * 12 + [0.0] * 138)
+    se = float(d.std(ddof=1)) / math.sqrt(150)
+    assert (plain["paired_low"], plain["paired_high"]) == pytest.approx((100 * (0.08 - 1.96 * se), 100 * (0.08 + 1.96 * se)))
+    assert plain["paired_low"] > 0 and plain["verdict"] == "higher" and plain["questions_differing"] == 12
+    assert scotd["paired_low"] is None and scotd["verdict"] == "no clear difference"  # falls back to the unpaired one
+    # One seed without its answers: no paired comparison for that method.
+    records[3] = {**records[3], "accuracy": {"svamp": {k: v for k, v in records[3]["accuracy"]["svamp"].items()
+                                                       if k not in ("outcomes", "questions")}}}
+    assert {r["method"]: r for r in comparisons(exp, records, aggregate(records))}["plain"]["paired_low"] is None
+    table = comparison_table(exp, comparisons(exp, records[:2] + records[4:] + records[2:3], aggregate(records))).splitlines()
+    assert table[2].endswith("| 95 % interval | paired 95 % interval | questions scored differently | verdict | seeds MCC-KD ahead |")
+    assert any(line.startswith("| svamp | plain CoT distillation | +8.00 |") and "| 12 of 150 | higher |" in line for line in table)
+    assert any("| SCoTD |" in line and "| – | – | no clear difference |" in line for line in table)
+    # Reports of cells without their answers keep the table they had.
+    assert "paired" not in comparison_table(exp, comparisons(exp, [_counted("mcc_kd", 0, 30), _counted("plain", 0, 18)],
+                                                             aggregate([])))
+
+
+def test_answers_per_question_are_read_from_the_evaluation_they_belong_to(tmp_path):
+    def evaluation(name, method, correct_flags, ids=None):
+        folder = tmp_path / "eval" / name
+        folder.mkdir(parents=True)
+        ids = ids or list(range(len(correct_flags)))
+        res = {"dataset": "svamp", "split": "test", "method": method, "n": len(correct_flags), "correct": sum(correct_flags)}
+        (folder / "results.json").write_text(json.dumps(res))
+        (folder / "predictions.jsonl").write_text("".join(json.dumps({"id": i, "correct": c}) + "\n"
+                                                          for i, c in zip(ids, correct_flags)))
+        return res
+
+    trained = evaluation("plain-test", "plain", [True, False, True])
+    zero = evaluation("zero-shot-test", "zero-shot", [False, False, True])
+    evaluated = evaluation_folders(tmp_path)
+    got, got_zero = question_outcomes(trained, evaluated), question_outcomes(zero, evaluated)
+    assert got["outcomes"] == "101" and got_zero["outcomes"] == "001"
+    assert got["questions"] == got_zero["questions"]  # the same questions
+    assert question_outcomes({**trained, "n": 4}, evaluated) == {}  # a result that no folder holds
+    evaluation("plain-copy-test", "plain", [False, True, True], ids=["a", "b", "c"])  # the same counts elsewhere
+    assert question_outcomes(trained, evaluation_folders(tmp_path)) == {}  # two folders match: not told apart
 
 
 def test_a_table_compares_its_rows_with_its_own_reference_row(tmp_path):
@@ -259,6 +331,10 @@ def test_tiny_grid_runs_reports_and_resumes(tmp_path, tiny_llama_dir, capsys, mo
     for c in out["cells"]:
         assert 0 <= c["accuracy"]["svamp"]["accuracy"] <= 100 and c["train"]["loss_curve"]
         assert c["machine"]["cores"] == os.cpu_count() and "commit" in c  # every cell names where it ran
+        svamp = c["accuracy"]["svamp"]  # which questions it got right, for comparisons question by question
+        assert len(svamp["outcomes"]) == svamp["n"] and svamp["outcomes"].count("1") == svamp["correct"]
+    assert len({c["accuracy"]["svamp"]["questions"] for c in out["cells"]}) == 1
+    assert out["cells"][0]["zero_shot_accuracy"]["svamp"]["questions"] == out["cells"][0]["accuracy"]["svamp"]["questions"]
     accs = [c["accuracy"]["svamp"]["accuracy"] for c in out["cells"] if c["method"] == "kpod_icl"]
     stats = out["aggregate"]["kpod_icl"]["svamp"]
     assert stats["mean"] == pytest.approx(statistics.mean(accs)) and stats["std"] == pytest.approx(statistics.stdev(accs))
@@ -307,6 +383,7 @@ def test_tiny_grid_runs_reports_and_resumes(tmp_path, tiny_llama_dir, capsys, mo
     assert not (tmp_path / "runs").exists()
     kept = json.loads((tmp_path / "results" / "tiny-grid.json").read_text())
     assert kept["aggregate"] == out["aggregate"] and "4/4 cells finished" in (tmp_path / "results" / "tiny-grid.md").read_text()
+    assert [c["accuracy"] for c in kept["cells"]] == [c["accuracy"] for c in out["cells"]]  # answers per question too
     # ... but only for the settings it was run with: a cell whose config changed, or whose entry did not finish, runs.
     cells = plan_cells(load_experiment(path), path, runs_root="runs", results_dir=tmp_path / "results")
     assert all(c.is_done() and c.done_in_report() for c in cells)

@@ -327,8 +327,10 @@ def read_cell(cell: Cell) -> dict:
     evaluations = summary.get("results") or []
     if evaluations:  # where the cell ran, from which commit: a shared report must name its machine
         rec["commit"], rec["machine"] = evaluations[0].get("commit"), evaluations[0].get("machine")
+    evaluated = evaluation_folders(cell.run_dir)
     for key, out in (("results", "accuracy"), ("zero_shot", "zero_shot_accuracy")):
-        rec[out] = {column_of(r, train_ds): {"accuracy": r["accuracy"], "correct": r["correct"], "n": r["n"]}
+        rec[out] = {column_of(r, train_ds): {"accuracy": r["accuracy"], "correct": r["correct"], "n": r["n"],
+                                             **question_outcomes(r, evaluated)}
                     for r in summary.get(key, [])}
     train_path = cell.run_dir / "train" / "summary.json"
     if train_path.exists():
@@ -336,6 +338,29 @@ def read_cell(cell: Cell) -> dict:
         rec["train"] = {k: t.get(k) for k in ("global_steps", "epochs", "train_wall_s", "final_train_loss",
                                                "train_tokens_per_s", "loss_curve")}
     return rec
+
+
+_SAME_EVALUATION = ("dataset", "split", "method", "n", "correct")
+
+
+def evaluation_folders(run_dir: Path) -> list[tuple[dict, Path]]:
+    """Each evaluation of a run: its results.json and its folder (which also holds predictions.jsonl)."""
+    return [(json.loads(path.read_text()), path.parent) for path in sorted(run_dir.glob("eval/*/results.json"))]
+
+
+def question_outcomes(result: dict, evaluated: list[tuple[dict, Path]]) -> dict:
+    """Which test questions one evaluation answered right, as a string of 0/1 in question order ("outcomes"), and a
+    digest of the question ids ("questions"), so that two methods can be compared question by question (a paired
+    comparison) even after the run folders are gone. Empty when its predictions cannot be told apart or are missing."""
+    matches = [folder for res, folder in evaluated if all(res.get(k) == result.get(k) for k in _SAME_EVALUATION)]
+    if len(matches) != 1 or not (matches[0] / "predictions.jsonl").exists():
+        return {}
+    rows = [json.loads(line) for line in (matches[0] / "predictions.jsonl").read_text().splitlines() if line.strip()]
+    if len(rows) != result["n"]:
+        return {}
+    ids = "\n".join(str(row["id"]) for row in rows)
+    return {"outcomes": "".join("1" if row["correct"] else "0" for row in rows),
+            "questions": hashlib.sha256(ids.encode()).hexdigest()[:16]}
 
 
 def mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -457,6 +482,38 @@ def difference_interval(p_a: float, n_a: int, p_b: float, n_b: int, z: float = 1
     return 100 * diff, 100 * low, 100 * high
 
 
+def per_question_accuracy(records: list[dict], method: str, column: str) -> tuple[np.ndarray, str] | None:
+    """Per test question, the fraction of a method's finished seeds that answered it right, and the digest of the
+    questions; None unless the answers of every finished seed are on hand, all for the same questions. The zero-shot
+    row is one greedy evaluation whatever the seed: its first record stands for it."""
+    entries = []
+    for rec in records:
+        if method == ZERO_SHOT:
+            r = (rec.get("zero_shot_accuracy") or {}).get(column)
+        else:
+            r = (rec.get("accuracy") or {}).get(column) if rec["method"] == method and rec.get("done") else None
+        if r:
+            entries.append(r)
+    if method == ZERO_SHOT:
+        entries = entries[:1]
+    if not entries or any("outcomes" not in r for r in entries) or len({r["questions"] for r in entries}) > 1:
+        return None
+    right = np.array([[c == "1" for c in r["outcomes"]] for r in entries], dtype=np.float64)
+    return right.mean(axis=0), entries[0]["questions"]
+
+
+def paired_difference_interval(a: np.ndarray, b: np.ndarray, z: float = 1.96) -> tuple[float, float, float, int]:
+    """A's accuracy minus B's, in points, from the same test questions answered by both: the mean of the per-question
+    differences with a normal interval from their standard error (questions are the sampled unit, each one's answers
+    averaged over seeds first). Pairing removes what both methods share (questions both get right or both miss), so
+    it is narrower than an interval between two independent samples when the methods agree on most questions.
+    Approximate when few questions differ. Also returns how many questions the two score differently."""
+    d = a - b
+    se = float(d.std(ddof=1)) / math.sqrt(len(d)) if len(d) > 1 else 0.0
+    diff = float(d.mean())
+    return 100 * diff, 100 * (diff - z * se), 100 * (diff + z * se), int(np.count_nonzero(d))
+
+
 def seed_spread(exp: ExperimentConfig, agg: dict, methods: list[str] | None = None,
                 columns: list[str] | None = None) -> list[dict]:
     """Per column, how far the seeds of one method scatter against how far the methods' means do, over the methods
@@ -523,7 +580,8 @@ def comparisons(exp: ExperimentConfig, records: list[dict], agg: dict, ref: str 
     """Whether `ref` (default the experiment's `compare_with`, KPOD) beats each other method (default: the zero-shot
     row and every method), per column: the difference of pooled accuracies with its interval, a verdict only where the
     interval excludes 0, and in how many of the seeds both finished it was ahead (per-seed accuracies from `agg`, the
-    records' `aggregate`)."""
+    records' `aggregate`). Where both methods' answers per question are in the records, the paired interval
+    (`paired_difference_interval`) is added and the verdict is taken from it; else from the unpaired one."""
     ref = ref or exp.compare_with
     if not ref or ref not in exp.methods:
         return []
@@ -532,6 +590,7 @@ def comparisons(exp: ExperimentConfig, records: list[dict], agg: dict, ref: str 
     for col in columns or table_columns(exp, agg, [ref]):
         p_ref, n_ref = pooled_accuracy(records, ref, col)
         seeds_ref = seed_accuracies(agg, ref, col)
+        by_question_ref = per_question_accuracy(records, ref, col)
         for method in others:
             p, n = pooled_accuracy(records, method, col)
             if p is None or p_ref is None:
@@ -541,10 +600,17 @@ def comparisons(exp: ExperimentConfig, records: list[dict], agg: dict, ref: str 
             if method == ZERO_SHOT:  # one evaluation, the same for every seed
                 seeds = {s: next(iter(seeds.values())) for s in seeds_ref}
             shared = sorted(set(seeds_ref) & set(seeds))
-            out.append({"column": col, "method": method, "against": ref, "difference": diff, "low": lo, "high": hi,
-                        "verdict": "higher" if lo > 0 else "lower" if hi < 0 else "no clear difference",
-                        "seeds_ahead": sum(seeds_ref[s] > seeds[s] for s in shared), "seeds_shared": len(shared),
-                        "questions": n_ref})
+            row = {"column": col, "method": method, "against": ref, "difference": diff, "low": lo, "high": hi,
+                   "paired_low": None, "paired_high": None, "questions_differing": None}
+            by_question = per_question_accuracy(records, method, col)
+            if by_question_ref is not None and by_question is not None and by_question_ref[1] == by_question[1]:
+                _, row["paired_low"], row["paired_high"], row["questions_differing"] = paired_difference_interval(
+                    by_question_ref[0], by_question[0])
+                lo, hi = row["paired_low"], row["paired_high"]
+            row.update(verdict="higher" if lo > 0 else "lower" if hi < 0 else "no clear difference",
+                       seeds_ahead=sum(seeds_ref[s] > seeds[s] for s in shared), seeds_shared=len(shared),
+                       questions=n_ref)
+            out.append(row)
     return out
 
 
@@ -552,12 +618,19 @@ def comparison_table(exp: ExperimentConfig, rows: list[dict], heading: str | Non
     if not rows:
         return ""
     label = row_label(exp, rows[0]["against"])
+    paired = any(r.get("paired_low") is not None for r in rows)  # reports of cells without their answers keep their layout
     lines = [heading or f"### {label} against each method", "",
-             f"| column | method | {label} − method (points) | 95 % interval | verdict | seeds {label} ahead |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['column']} | {row_label(exp, r['method'])} | {r['difference']:+.2f} | "
-              f"[{r['low']:+.2f}, {r['high']:+.2f}] | {r['verdict']} | {r['seeds_ahead']}/{r['seeds_shared']} |"
-              for r in rows]
+             f"| column | method | {label} − method (points) | 95 % interval |"
+             + (" paired 95 % interval | questions scored differently |" if paired else "")
+             + f" verdict | seeds {label} ahead |",
+             "|---|---|---|---|" + ("---|---|" if paired else "") + "---|---|"]
+    for r in rows:
+        extra = ""
+        if paired:
+            extra = (" – | – |" if r.get("paired_low") is None else
+                     f" [{r['paired_low']:+.2f}, {r['paired_high']:+.2f}] | {r['questions_differing']} of {r['questions']} |")
+        lines.append(f"| {r['column']} | {row_label(exp, r['method'])} | {r['difference']:+.2f} | "
+                     f"[{r['low']:+.2f}, {r['high']:+.2f}] |{extra} {r['verdict']} | {r['seeds_ahead']}/{r['seeds_shared']} |")
     if not explain:
         return "\n".join(lines)
     lines += ["", f"Difference of accuracies pooled over each method's finished seeds. 95 % interval: Newcombe's "
@@ -565,6 +638,13 @@ def comparison_table(exp: ExperimentConfig, rows: list[dict], heading: str | Non
                   f"so they are not counted as more); it covers test-sampling noise, not the spread between training "
                   f"runs. A verdict needs the interval to exclude 0. Seeds ahead: seeds both finished where {label} "
                   f"scored higher (ties count as not)."]
+    if paired:
+        lines += ["", "Paired 95 % interval: the same difference taken question by question, since both methods "
+                      "answered the same questions (each question's answers averaged over the seeds first; mean ± 1.96 "
+                      "standard errors over the questions). It leaves out what the methods share, so it is the "
+                      "sharper test of the two and gives the verdict where it is shown; approximate when few "
+                      "questions are scored differently. Like the other, it covers the test questions, not the "
+                      "spread between training runs."]
     return "\n".join(lines)
 
 
