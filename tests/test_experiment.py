@@ -28,6 +28,7 @@ from kpod.experiment import (
     evaluation_folders,
     format_cell,
     load_experiment,
+    machine_label,
     markdown_table,
     mean_std,
     paired_difference_interval,
@@ -240,6 +241,18 @@ def test_seed_spread_is_a_one_way_anova_over_the_training_runs():
     (row,) = seed_spread(exp, aggregate(flat))
     assert row["seed_std"] == 0.0 and row["f"] is None and "| – | – |" in seed_spread_table([row])
     assert seed_spread(exp, aggregate(records[:3])) == []  # one method: nothing to compare
+
+
+def test_results_name_the_library_versions_they_were_computed_with():
+    import transformers
+
+    from kpod.evaluation.evaluate import machine
+
+    here = machine()
+    assert here["transformers"] == transformers.__version__ and here["peft"] and here["accelerate"]
+    assert machine_label(here).endswith(f", transformers {here['transformers']}, peft {here['peft']}")
+    older = {"cpu": "AMD EPYC", "cores": 2, "gpu": None, "torch": "2.13.0+cpu"}  # records from before the versions
+    assert machine_label(older) == "AMD EPYC (2 cores), torch 2.13.0+cpu"
 
 
 def test_reports_name_cell_folders_without_the_machine_s_folders(tmp_path, monkeypatch):

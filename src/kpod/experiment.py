@@ -663,7 +663,8 @@ def table_checks(exp: ExperimentConfig, spec: TableSpec, records: list[dict], ag
 
 def machine_label(machine: dict) -> str:
     gpu = f", {machine['gpu']}" if machine.get("gpu") else ""
-    return f"{machine.get('cpu')} ({machine.get('cores')} cores){gpu}, torch {machine.get('torch')}"
+    libraries = "".join(f", {lib} {machine[lib]}" for lib in ("transformers", "peft") if machine.get(lib))
+    return f"{machine.get('cpu')} ({machine.get('cores')} cores){gpu}, torch {machine.get('torch')}{libraries}"
 
 
 def provenance_line(records: list[dict]) -> str:

@@ -45,9 +45,21 @@ def cpu_model() -> str:
 
 
 def machine() -> dict:
+    """Where a result was computed. The libraries' versions are part of it: training draws its batches and LoRA
+    initialisation through them, so one config and seed can train another student under other versions."""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
-            "torch": torch.__version__, "python": platform.python_version()}
+            "torch": torch.__version__, "python": platform.python_version(),
+            **{lib: _version(lib) for lib in ("transformers", "peft", "accelerate")}}
+
+
+def _version(distribution: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
 
 
 def merge_generation_stats(per_process: list[dict]) -> dict:
