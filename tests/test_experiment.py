@@ -34,6 +34,7 @@ from kpod.experiment import (
     paired_difference_interval,
     plan_cells,
     question_outcomes,
+    sign_flip_p,
     seed_spread,
     seed_spread_table,
     shown_run_dir,
@@ -130,6 +131,24 @@ def test_paired_interval_is_the_mean_per_question_difference_with_its_standard_e
     assert paired_difference_interval(a, a)[1:] == (0.0, 0.0, 0)  # the same answers: no difference, no width
 
 
+def test_the_paired_test_stays_sound_when_few_questions_differ():
+    from scipy.stats import binom
+
+    # One seed each, 659 questions, the first method right on 4 more: the normal interval clears 0, the exact test
+    # (4 of 4 in its favour happen by chance with p = 2 / 16) does not.
+    a, b = np.zeros(659), np.zeros(659)
+    a[:4] = 1.0
+    assert paired_difference_interval(a, b)[1] > 0 and sign_flip_p(a, b) == pytest.approx(0.125)
+    assert sign_flip_p(b, a) == pytest.approx(0.125) and sign_flip_p(a, a) == 1.0
+    # Seed means (thirds): differences 1, 1, 1/3, -1/3 sum to 2; 6 of the 16 sign patterns reach |2| (ties count).
+    assert sign_flip_p(np.array([1, 1, 2 / 3, 0.0]), np.array([0, 0, 1 / 3, 1 / 3])) == pytest.approx(6 / 16)
+    # More than 16: seeded draws, close to the exact binomial p of 30 of 40 differences in one direction.
+    a, b = np.zeros(300), np.zeros(300)
+    a[:30], b[30:40] = 1.0, 1.0
+    exact = 2 * binom.sf(29, 40, 0.5)
+    assert sign_flip_p(a, b) == pytest.approx(exact, abs=0.001) and sign_flip_p(a, b) == sign_flip_p(a, b)
+
+
 def _answered(method, seed, right, n=150, questions="q150"):
     """A finished cell whose answers per question are on hand: questions 0..n-1, the ones in `right` answered right."""
     outcomes = "".join("1" if i in right else "0" for i in range(n))
@@ -152,15 +171,18 @@ def test_methods_answering_the_same_questions_are_compared_question_by_question(
     se = float(d.std(ddof=1)) / math.sqrt(150)
     assert (plain["paired_low"], plain["paired_high"]) == pytest.approx((100 * (0.08 - 1.96 * se), 100 * (0.08 + 1.96 * se)))
     assert plain["paired_low"] > 0 and plain["verdict"] == "higher" and plain["questions_differing"] == 12
+    assert plain["paired_p"] == pytest.approx(2 / 2**12)  # 12 of 12 in MCC-KD's favour, every sign pattern counted
     assert scotd["paired_low"] is None and scotd["verdict"] == "no clear difference"  # falls back to the unpaired one
     # One seed without its answers: no paired comparison for that method.
     records[3] = {**records[3], "accuracy": {"svamp": {k: v for k, v in records[3]["accuracy"]["svamp"].items()
                                                        if k not in ("outcomes", "questions")}}}
     assert {r["method"]: r for r in comparisons(exp, records, aggregate(records))}["plain"]["paired_low"] is None
     table = comparison_table(exp, comparisons(exp, records[:2] + records[4:] + records[2:3], aggregate(records))).splitlines()
-    assert table[2].endswith("| 95 % interval | paired 95 % interval | questions scored differently | verdict | seeds MCC-KD ahead |")
-    assert any(line.startswith("| svamp | plain CoT distillation | +8.00 |") and "| 12 of 150 | higher |" in line for line in table)
-    assert any("| SCoTD |" in line and "| – | – | no clear difference |" in line for line in table)
+    assert table[2].endswith("| 95 % interval | paired 95 % interval | questions scored differently | paired p | verdict "
+                             "| seeds MCC-KD ahead |")
+    assert any(line.startswith("| svamp | plain CoT distillation | +8.00 |") and "| 12 of 150 | 0.000 | higher |" in line
+               for line in table)
+    assert any("| SCoTD |" in line and "| – | – | – | no clear difference |" in line for line in table)
     # Reports of cells without their answers keep the table they had.
     assert "paired" not in comparison_table(exp, comparisons(exp, [_counted("mcc_kd", 0, 30), _counted("plain", 0, 18)],
                                                              aggregate([])))

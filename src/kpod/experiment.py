@@ -514,6 +514,25 @@ def paired_difference_interval(a: np.ndarray, b: np.ndarray, z: float = 1.96) ->
     return 100 * diff, 100 * (diff - z * se), 100 * (diff + z * se), int(np.count_nonzero(d))
 
 
+def sign_flip_p(a: np.ndarray, b: np.ndarray, resamples: int = 100_000, seed: int = 0) -> float:
+    """Two-sided p of a paired permutation test: if the two methods did not differ, each question's difference would
+    be as likely with either sign. Exact (every sign pattern) for up to 16 questions scored differently, else from
+    `resamples` seeded draws. Unlike the normal interval, it stays sound when only a handful of questions differ
+    (4 of 4 in one method's favour: p = 0.125)."""
+    d = (a - b)[a != b]
+    if d.size == 0:
+        return 1.0
+    observed = abs(float(d.sum())) - 1e-9  # differences are multiples of 1/seeds: guard the ties against rounding
+    if d.size <= 16:
+        signs = 1 - 2 * ((np.arange(2 ** d.size)[:, None] >> np.arange(d.size)) & 1)
+        return float(np.mean(np.abs(signs @ d) >= observed))
+    rng, hits = np.random.default_rng(seed), 0
+    for start in range(0, resamples, 10_000):
+        signs = rng.choice(np.array([-1.0, 1.0]), size=(min(10_000, resamples - start), d.size))
+        hits += int(np.count_nonzero(np.abs(signs @ d) >= observed))
+    return (hits + 1) / (resamples + 1)
+
+
 def seed_spread(exp: ExperimentConfig, agg: dict, methods: list[str] | None = None,
                 columns: list[str] | None = None) -> list[dict]:
     """Per column, how far the seeds of one method scatter against how far the methods' means do, over the methods
@@ -581,7 +600,8 @@ def comparisons(exp: ExperimentConfig, records: list[dict], agg: dict, ref: str 
     row and every method), per column: the difference of pooled accuracies with its interval, a verdict only where the
     interval excludes 0, and in how many of the seeds both finished it was ahead (per-seed accuracies from `agg`, the
     records' `aggregate`). Where both methods' answers per question are in the records, the paired interval
-    (`paired_difference_interval`) is added and the verdict is taken from it; else from the unpaired one."""
+    (`paired_difference_interval`) and the paired test's p (`sign_flip_p`) are added, and the verdict is the test's
+    (p < 0.05); else the verdict is the unpaired interval's."""
     ref = ref or exp.compare_with
     if not ref or ref not in exp.methods:
         return []
@@ -601,14 +621,16 @@ def comparisons(exp: ExperimentConfig, records: list[dict], agg: dict, ref: str 
                 seeds = {s: next(iter(seeds.values())) for s in seeds_ref}
             shared = sorted(set(seeds_ref) & set(seeds))
             row = {"column": col, "method": method, "against": ref, "difference": diff, "low": lo, "high": hi,
-                   "paired_low": None, "paired_high": None, "questions_differing": None}
+                   "paired_low": None, "paired_high": None, "paired_p": None, "questions_differing": None}
+            verdict = "higher" if lo > 0 else "lower" if hi < 0 else "no clear difference"
             by_question = per_question_accuracy(records, method, col)
             if by_question_ref is not None and by_question is not None and by_question_ref[1] == by_question[1]:
                 _, row["paired_low"], row["paired_high"], row["questions_differing"] = paired_difference_interval(
                     by_question_ref[0], by_question[0])
-                lo, hi = row["paired_low"], row["paired_high"]
-            row.update(verdict="higher" if lo > 0 else "lower" if hi < 0 else "no clear difference",
-                       seeds_ahead=sum(seeds_ref[s] > seeds[s] for s in shared), seeds_shared=len(shared),
+                row["paired_p"] = sign_flip_p(by_question_ref[0], by_question[0])
+                clear = row["paired_p"] < 0.05
+                verdict = "higher" if clear and diff > 0 else "lower" if clear and diff < 0 else "no clear difference"
+            row.update(verdict=verdict, seeds_ahead=sum(seeds_ref[s] > seeds[s] for s in shared), seeds_shared=len(shared),
                        questions=n_ref)
             out.append(row)
     return out
@@ -621,14 +643,15 @@ def comparison_table(exp: ExperimentConfig, rows: list[dict], heading: str | Non
     paired = any(r.get("paired_low") is not None for r in rows)  # reports of cells without their answers keep their layout
     lines = [heading or f"### {label} against each method", "",
              f"| column | method | {label} − method (points) | 95 % interval |"
-             + (" paired 95 % interval | questions scored differently |" if paired else "")
+             + (" paired 95 % interval | questions scored differently | paired p |" if paired else "")
              + f" verdict | seeds {label} ahead |",
-             "|---|---|---|---|" + ("---|---|" if paired else "") + "---|---|"]
+             "|---|---|---|---|" + ("---|---|---|" if paired else "") + "---|---|"]
     for r in rows:
         extra = ""
         if paired:
-            extra = (" – | – |" if r.get("paired_low") is None else
-                     f" [{r['paired_low']:+.2f}, {r['paired_high']:+.2f}] | {r['questions_differing']} of {r['questions']} |")
+            extra = (" – | – | – |" if r.get("paired_low") is None else
+                     f" [{r['paired_low']:+.2f}, {r['paired_high']:+.2f}] | {r['questions_differing']} of "
+                     f"{r['questions']} | {r['paired_p']:.3f} |")
         lines.append(f"| {r['column']} | {row_label(exp, r['method'])} | {r['difference']:+.2f} | "
                      f"[{r['low']:+.2f}, {r['high']:+.2f}] |{extra} {r['verdict']} | {r['seeds_ahead']}/{r['seeds_shared']} |")
     if not explain:
@@ -641,10 +664,11 @@ def comparison_table(exp: ExperimentConfig, rows: list[dict], heading: str | Non
     if paired:
         lines += ["", "Paired 95 % interval: the same difference taken question by question, since both methods "
                       "answered the same questions (each question's answers averaged over the seeds first; mean ± 1.96 "
-                      "standard errors over the questions). It leaves out what the methods share, so it is the "
-                      "sharper test of the two and gives the verdict where it is shown; approximate when few "
-                      "questions are scored differently. Like the other, it covers the test questions, not the "
-                      "spread between training runs."]
+                      "standard errors over the questions). It leaves out the questions both get right or both miss, "
+                      "so it is usually the narrower of the two; approximate when few questions are scored "
+                      "differently. Paired p: a sign-flip permutation test over the questions scored differently "
+                      "(exact up to 16 of them), which stays sound when they are few; where it is shown, the verdict "
+                      "is its (p < 0.05). Both cover the test questions, not the spread between training runs."]
     return "\n".join(lines)
 
 

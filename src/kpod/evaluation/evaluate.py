@@ -45,8 +45,8 @@ def cpu_model() -> str:
 
 
 def machine() -> dict:
-    """Where a result was computed. The libraries' versions are part of it: training draws its batches and LoRA
-    initialisation through them, so one config and seed can train another student under other versions."""
+    """Where a result was computed. The library versions are part of it: a config and seed retrain the same student
+    on the same kind of machine and libraries, not necessarily on others."""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
             "torch": torch.__version__, "python": platform.python_version(),
