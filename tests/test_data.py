@@ -53,6 +53,13 @@ def test_unknown_dataset_and_split_are_clear_errors():
         load_split("svamp", "validation")
 
 
+def test_split_all_is_train_dev_and_test_in_order(shared_data):
+    parts = [load_split("asdiv", s, shared_data) for s in ("train", "dev", "test")]
+    every = load_split("asdiv", "all", shared_data)
+    assert [q.id for q in every] == [q.id for part in parts for q in part]
+    assert len(every) == 1462 + 313 + 314 == len({q.id for q in every})
+
+
 def test_missing_dataset_file_names_it(tmp_path):
     (tmp_path / "splits").mkdir()
     (tmp_path / "splits" / "kpod_splits.json").write_text(json.dumps({"gsm8k": {"train": {"ids": [0]}}}))

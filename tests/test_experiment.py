@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from kpod.cli import main
-from kpod.config import ConfigError
+from kpod.config import ConfigError, RunConfig, load_yaml_model
+from kpod.data.datasets import load_split
 from kpod.experiment import (
     ExperimentConfig,
     TableSpec,
@@ -483,3 +484,34 @@ def test_out_of_distribution_evaluation(tmp_path, tiny_llama_dir, shared_data):
     assert [(r["dataset"], r["split"], r["n"]) for r in results] == [("svamp", "test", 2), ("asdiv", "test", 2)]
     assert (tmp_path / "run" / "eval" / "plain-asdiv-test" / "predictions.jsonl").exists()
     assert [column_of(r, "svamp") for r in results] == ["svamp", "asdiv (from svamp)"]
+
+
+def test_other_datasets_can_be_tested_on_other_splits(tmp_path, tiny_llama_dir, shared_data):
+    cfg = {
+        "name": "ood-all", "run_dir": str(tmp_path / "run"),
+        "data": {"dataset": "svamp", "data_dir": str(shared_data), "max_train_questions": 4},
+        "student": {"name": str(tiny_llama_dir), "lora": {"rank": 4, "alpha": 8, "targets": ["q_proj"]}},
+        "train": {"epochs": 1, "batch_size": 4, "save_steps": 50, "warmup_steps": 0},
+        "eval": {"max_examples": 2, "max_new_tokens": 4, "batch_size": 2, "datasets": ["asdiv"],
+                 "splits": [], "other_splits": ["dev", "all"]},
+    }
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(tmp_path / "cfg.yaml"), "--no-progress"]) == 0
+    results = json.loads((tmp_path / "run" / "summary.json").read_text())["results"]
+    assert [(r["dataset"], r["split"], r["n"]) for r in results] == [("asdiv", "dev", 2), ("asdiv", "all", 2)]
+    assert [column_of(r, "svamp") for r in results] == ["asdiv dev (from svamp)", "asdiv all (from svamp)"]
+    # the first questions of "all" are those of the train split
+    first = json.loads((tmp_path / "run" / "eval" / "plain-asdiv-all" / "predictions.jsonl").read_text().splitlines()[0])
+    assert first["id"] == load_split("asdiv", "train", shared_data)[0].id
+
+
+def test_other_splits_without_other_datasets_is_a_config_error():
+    with pytest.raises(ConfigError, match="eval.other_splits names the splits of eval.datasets, which is empty"):
+        load_yaml_model(RunConfig, None, {"eval.other_splits": ["all"]})
+
+
+def test_other_splits_left_unset_keeps_the_fingerprints_of_finished_cells():
+    plain = RunConfig.model_validate({"eval": {"datasets": ["asdiv"]}})
+    assert "other_splits" not in plain.fingerprint_dump()["eval"]
+    chosen = RunConfig.model_validate({"eval": {"datasets": ["asdiv"], "other_splits": ["all"]}})
+    assert chosen.fingerprint_dump()["eval"]["other_splits"] == ["all"]

@@ -253,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default="smollm2-135m-instruct", help="hub id, folder, or a shipped student (smollm2-135m-instruct, gemma3-270m)")
     e.add_argument("--adapter", help="LoRA adapter folder to apply (e.g. runs/NAME/train/final)")
     e.add_argument("--dataset", default="svamp")
-    e.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    e.add_argument("--split", default="test", choices=["train", "dev", "test", "all"],
+                   help="'all': train + dev + test (a benchmark the model did not train on)")
     e.add_argument("--file", help="evaluate on your own JSONL instead of a benchmark")
     e.add_argument("--answer-type", default="number", choices=["number", "choice"])
     e.add_argument("--data-dir")

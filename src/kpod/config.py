@@ -134,7 +134,21 @@ class EvalConfig(Strict):
     max_examples: int | None = Field(None, ge=1, description="evaluate only the first N questions of each split")
     zero_shot: bool = Field(False, description="also evaluate the un-distilled student (the 'no distillation' row)")
     datasets: list[str] = Field([], description="other datasets whose splits are also evaluated (out-of-distribution), e.g. [asdiv, svamp] after training on gsm8k")
+    other_splits: list[Literal["train", "dev", "test", "all"]] | None = Field(
+        None, description="splits of eval.datasets to evaluate; null = eval.splits. 'all' = train + dev + test: every "
+        "question of a benchmark the student did not train on, for a comparison on more questions than its test split")
     engine: Literal["hf", "vllm"] = Field("hf", description="'hf': kpod's batched decoding (CPU or GPU, sharded over processes); 'vllm': vLLM on a GPU machine (pip install kpod[vllm]; one process), the student exported with its LoRA merged")
+
+    # Options added later (see `Strict.ADDED_LATER`), with the values that reproduce how kpod evaluated before them.
+    ADDED_LATER: ClassVar[dict[str, object]] = {"other_splits": None}
+    ADDED_AFTER_CELLS: ClassVar[tuple[str, ...]] = ("other_splits",)
+
+    @model_validator(mode="after")
+    def _other_splits_need_other_datasets(self):
+        if self.other_splits is not None and not self.datasets:
+            raise ConfigError("eval.other_splits names the splits of eval.datasets, which is empty: "
+                              "list the datasets to test on (e.g. [asdiv, svamp]) or drop other_splits")
+        return self
 
 
 class KpodSettings(Strict):

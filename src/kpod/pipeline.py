@@ -216,7 +216,8 @@ class Pipeline:
         # (an empty eval.datasets leaves the fingerprint of runs made before that option unchanged)
         # (options left at defaults that predate them are left out, so older runs keep their cached results)
         eval_cfg = self.cfg.eval.model_dump(mode="json", exclude=({"datasets"} if not self.cfg.eval.datasets else set())
-                                            | ({"engine"} if self.cfg.eval.engine == "hf" else set()))
+                                            | ({"engine"} if self.cfg.eval.engine == "hf" else set())
+                                            | ({"other_splits"} if self.cfg.eval.other_splits is None else set()))
         return fingerprint(self.cfg.data, eval_cfg, self.cfg.student, trained_with, self.cfg.seed, label)
 
     def stage_eval(self, label: str, model, tokenizer, method: str) -> list[dict]:
@@ -255,9 +256,10 @@ class Pipeline:
 
     def _eval_targets(self, label: str):
         """(dataset, split, result name, answer kind, questions) of every evaluation after a run's training."""
-        own = self.cfg.data.dataset
-        for dataset, split in [(own, s) for s in self.cfg.eval.splits] + [
-                (d, s) for d in self.cfg.eval.datasets if d != own for s in self.cfg.eval.splits]:
+        own, e = self.cfg.data.dataset, self.cfg.eval
+        other_splits = e.splits if e.other_splits is None else e.other_splits
+        for dataset, split in [(own, s) for s in e.splits] + [
+                (d, s) for d in e.datasets if d != own for s in other_splits]:
             name = f"{label}-{split}" if dataset == own else f"{label}-{dataset}-{split}"
             questions = (load_questions(self.cfg, split) if dataset == own
                          else load_split(dataset, split, self.cfg.data.data_dir))[: self.cfg.eval.max_examples]

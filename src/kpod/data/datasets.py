@@ -24,6 +24,8 @@ from kpod.data.answers import answer_type, normalize_gold
 from kpod.data.records import DataError, Question, read_jsonl
 
 SPLITS = ("train", "dev", "test")
+# "all": train + dev + test, every question of a benchmark, for testing a student that trained on another one
+EVAL_SPLITS = (*SPLITS, "all")
 SPLITS_FILE = "splits/kpod_splits.json"
 PACKAGED_DATA = Path(__file__).resolve().parents[1] / "resources" / "data"
 
@@ -136,10 +138,13 @@ def get_spec(name: str) -> DatasetSpec:
 
 
 def load_split(name: str, split: str, data_dir: str | Path | None = None) -> list[Question]:
-    """The questions of one split, in the order of the splits file, with normalised gold answers."""
+    """The questions of one split, in the order of the splits file, with normalised gold answers ("all": those of
+    train, dev and test in that order)."""
     spec = get_spec(name)
+    if split == "all":
+        return [q for part in SPLITS for q in load_split(name, part, data_dir)]
     if split not in SPLITS:
-        raise DataError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+        raise DataError(f"unknown split {split!r}; known: {', '.join(EVAL_SPLITS)}")
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     ids = split_ids(name, split, data_dir)
     source = data_dir / spec.sources[split]
