@@ -448,16 +448,26 @@ def cost_table(exp: ExperimentConfig, records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def pooled_accuracy(records: list[dict], method: str, column: str) -> tuple[float | None, int]:
-    """A method's accuracy pooled over its finished seeds in one column (a fraction; None without any), and the
-    number of test questions (the un-distilled student's: one greedy evaluation, repeated in the cells sharing it)."""
-    correct = total = questions = 0
+def column_entries(records: list[dict], method: str, column: str) -> list[dict]:
+    """A method's result in one column from each of its finished cells; for the un-distilled student (ZERO_SHOT),
+    the zero-shot result every cell carries (one greedy evaluation, repeated in the cells sharing it)."""
+    entries = []
     for rec in records:
         if method == ZERO_SHOT:
             r = (rec.get("zero_shot_accuracy") or {}).get(column)
         else:
             r = (rec.get("accuracy") or {}).get(column) if rec["method"] == method and rec.get("done") else None
-        if r and "correct" in r:
+        if r:
+            entries.append(r)
+    return entries
+
+
+def pooled_accuracy(records: list[dict], method: str, column: str) -> tuple[float | None, int]:
+    """A method's accuracy pooled over its finished seeds in one column (a fraction; None without any), and the
+    number of test questions (the un-distilled student's: one greedy evaluation, repeated in the cells sharing it)."""
+    correct = total = questions = 0
+    for r in column_entries(records, method, column):
+        if "correct" in r:
             correct, total, questions = correct + r["correct"], total + r["n"], max(questions, r["n"])
     return (correct / total if total else None), questions
 
@@ -486,14 +496,7 @@ def per_question_accuracy(records: list[dict], method: str, column: str) -> tupl
     """Per test question, the fraction of a method's finished seeds that answered it right, and the digest of the
     questions; None unless the answers of every finished seed are on hand, all for the same questions. The zero-shot
     row is one greedy evaluation whatever the seed: its first record stands for it."""
-    entries = []
-    for rec in records:
-        if method == ZERO_SHOT:
-            r = (rec.get("zero_shot_accuracy") or {}).get(column)
-        else:
-            r = (rec.get("accuracy") or {}).get(column) if rec["method"] == method and rec.get("done") else None
-        if r:
-            entries.append(r)
+    entries = column_entries(records, method, column)
     if method == ZERO_SHOT:
         entries = entries[:1]
     if not entries or any("outcomes" not in r for r in entries) or len({r["questions"] for r in entries}) > 1:
