@@ -712,7 +712,8 @@ def write_report(exp: ExperimentConfig, records: list[dict], results_dir: str | 
     tables = {spec.title: markdown_table(exp, spec, agg) for spec in specs}
     done = sum(r.get("done", False) for r in records)
     md = [f"# {exp.name}", "",
-          f"Accuracy (%) on the test split, mean ± sample std over seeds {exp.seeds}; (n=k) marks a mean over fewer "
+          f"Accuracy (%) on the test split (where a column names no other split: 'all' = train + dev + test), "
+          f"mean ± sample std over seeds {exp.seeds}; (n=k) marks a mean over fewer "
           f"seeds. {done}/{len(records)} cells finished.", ""]
     compared = comparisons(exp, records, agg)
     spread = seed_spread(exp, agg)
