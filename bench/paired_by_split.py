@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from kpod.data.datasets import SPLITS, load_split  # noqa: E402
 from kpod.evaluation.evaluate import git_commit, machine  # noqa: E402
-from kpod.experiment import column_entries, paired_difference_interval, sign_flip_p  # noqa: E402
+from kpod.experiment import column_entries, format_p, paired_difference_interval, sign_flip_p  # noqa: E402
 
 ALL_COLUMN = " all (from "
 
@@ -113,10 +113,6 @@ def test_split_agreement(report: dict, earlier: dict, methods: list[str], data_d
                             "same_answers": same, "right_now": int(now[seed][test_part].sum()),
                             "right_before": int(before[seed].sum())})
     return out
-
-
-def format_p(p: float) -> str:
-    return f"{p:.3f}" if p >= 0.001 else "< 0.001"
 
 
 def markdown(rows: list[dict], report: dict, method_a: str, method_b: str, meta: dict) -> str:

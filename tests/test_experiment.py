@@ -28,6 +28,7 @@ from kpod.experiment import (
     difference_interval,
     evaluation_folders,
     format_cell,
+    format_p,
     load_experiment,
     machine_label,
     markdown_table,
@@ -515,3 +516,8 @@ def test_other_splits_left_unset_keeps_the_fingerprints_of_finished_cells():
     assert "other_splits" not in plain.fingerprint_dump()["eval"]
     chosen = RunConfig.model_validate({"eval": {"datasets": ["asdiv"], "other_splits": ["all"]}})
     assert chosen.fingerprint_dump()["eval"]["other_splits"] == ["all"]
+
+
+def test_a_p_below_one_in_a_thousand_is_not_shown_as_zero():
+    assert format_p(1 / 100_001) == "< 0.001"
+    assert format_p(0.001) == "0.001" and format_p(0.1554) == "0.155"

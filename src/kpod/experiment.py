@@ -517,6 +517,11 @@ def paired_difference_interval(a: np.ndarray, b: np.ndarray, z: float = 1.96) ->
     return 100 * diff, 100 * (diff - z * se), 100 * (diff + z * se), int(np.count_nonzero(d))
 
 
+def format_p(p: float) -> str:
+    """A p value to three decimals; below 0.001 as such (a permutation test's p is never 0)."""
+    return f"{p:.3f}" if p >= 0.001 else "< 0.001"
+
+
 def sign_flip_p(a: np.ndarray, b: np.ndarray, resamples: int = 100_000, seed: int = 0) -> float:
     """Two-sided p of a paired permutation test: if the two methods did not differ, each question's difference would
     be as likely with either sign. Exact (every sign pattern) for up to 16 questions scored differently, else from
@@ -654,7 +659,7 @@ def comparison_table(exp: ExperimentConfig, rows: list[dict], heading: str | Non
         if paired:
             extra = (" – | – | – |" if r.get("paired_low") is None else
                      f" [{r['paired_low']:+.2f}, {r['paired_high']:+.2f}] | {r['questions_differing']} of "
-                     f"{r['questions']} | {r['paired_p']:.3f} |")
+                     f"{r['questions']} | {format_p(r['paired_p'])} |")
         lines.append(f"| {r['column']} | {row_label(exp, r['method'])} | {r['difference']:+.2f} | "
                      f"[{r['low']:+.2f}, {r['high']:+.2f}] |{extra} {r['verdict']} | {r['seeds_ahead']}/{r['seeds_shared']} |")
     if not explain:
