@@ -471,34 +471,30 @@ def test_cells_run_side_by_side_with_jobs(tmp_path, tiny_llama_dir):
     assert [c["status"] for c in out["cells"]] == ["done"] * 3
 
 
-def test_out_of_distribution_evaluation(tmp_path, tiny_llama_dir, shared_data):
+def _run_svamp_student(tmp_path, tiny_llama_dir, shared_data, **evaluation) -> list[dict]:
+    """Train a tiny student on 4 SVAMP questions, evaluate it as `evaluation` says; its evaluation results."""
     cfg = {
         "name": "ood", "run_dir": str(tmp_path / "run"),
         "data": {"dataset": "svamp", "data_dir": str(shared_data), "max_train_questions": 4},
         "student": {"name": str(tiny_llama_dir), "lora": {"rank": 4, "alpha": 8, "targets": ["q_proj"]}},
         "train": {"epochs": 1, "batch_size": 4, "save_steps": 50, "warmup_steps": 0},
-        "eval": {"max_examples": 2, "max_new_tokens": 4, "batch_size": 2, "datasets": ["asdiv", "svamp"]},
+        "eval": {"max_examples": 2, "max_new_tokens": 4, "batch_size": 2, **evaluation},
     }
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["run", str(tmp_path / "cfg.yaml"), "--no-progress"]) == 0
-    results = json.loads((tmp_path / "run" / "summary.json").read_text())["results"]
+    return json.loads((tmp_path / "run" / "summary.json").read_text())["results"]
+
+
+def test_out_of_distribution_evaluation(tmp_path, tiny_llama_dir, shared_data):
+    results = _run_svamp_student(tmp_path, tiny_llama_dir, shared_data, datasets=["asdiv", "svamp"])
     assert [(r["dataset"], r["split"], r["n"]) for r in results] == [("svamp", "test", 2), ("asdiv", "test", 2)]
     assert (tmp_path / "run" / "eval" / "plain-asdiv-test" / "predictions.jsonl").exists()
     assert [column_of(r, "svamp") for r in results] == ["svamp", "asdiv (from svamp)"]
 
 
 def test_other_datasets_can_be_tested_on_other_splits(tmp_path, tiny_llama_dir, shared_data):
-    cfg = {
-        "name": "ood-all", "run_dir": str(tmp_path / "run"),
-        "data": {"dataset": "svamp", "data_dir": str(shared_data), "max_train_questions": 4},
-        "student": {"name": str(tiny_llama_dir), "lora": {"rank": 4, "alpha": 8, "targets": ["q_proj"]}},
-        "train": {"epochs": 1, "batch_size": 4, "save_steps": 50, "warmup_steps": 0},
-        "eval": {"max_examples": 2, "max_new_tokens": 4, "batch_size": 2, "datasets": ["asdiv"],
-                 "splits": [], "other_splits": ["dev", "all"]},
-    }
-    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    assert main(["run", str(tmp_path / "cfg.yaml"), "--no-progress"]) == 0
-    results = json.loads((tmp_path / "run" / "summary.json").read_text())["results"]
+    results = _run_svamp_student(tmp_path, tiny_llama_dir, shared_data, datasets=["asdiv"], splits=[],
+                                 other_splits=["dev", "all"])
     assert [(r["dataset"], r["split"], r["n"]) for r in results] == [("asdiv", "dev", 2), ("asdiv", "all", 2)]
     assert [column_of(r, "svamp") for r in results] == ["asdiv dev (from svamp)", "asdiv all (from svamp)"]
     # the first questions of "all" are those of the train split
