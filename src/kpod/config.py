@@ -140,7 +140,8 @@ class EvalConfig(Strict):
     engine: Literal["hf", "vllm"] = Field("hf", description="'hf': kpod's batched decoding (CPU or GPU, sharded over processes); 'vllm': vLLM on a GPU machine (pip install kpod[vllm]; one process), the student exported with its LoRA merged")
 
     # Options added later (see `Strict.ADDED_LATER`), with the values that reproduce how kpod evaluated before them.
-    ADDED_LATER: ClassVar[dict[str, object]] = {"other_splits": None}
+    # (datasets and engine predate experiment cells: only stage fingerprints leave them out at these values)
+    ADDED_LATER: ClassVar[dict[str, object]] = {"datasets": [], "engine": "hf", "other_splits": None}
     ADDED_AFTER_CELLS: ClassVar[tuple[str, ...]] = ("other_splits",)
 
     @model_validator(mode="after")

@@ -213,11 +213,8 @@ class Pipeline:
 
     def _eval_fingerprint(self, label: str) -> str:
         trained_with = self.cfg.train.fingerprint_fields() if label != "zero-shot" else None
-        # (an empty eval.datasets leaves the fingerprint of runs made before that option unchanged)
-        # (options left at defaults that predate them are left out, so older runs keep their cached results)
-        eval_cfg = self.cfg.eval.model_dump(mode="json", exclude=({"datasets"} if not self.cfg.eval.datasets else set())
-                                            | ({"engine"} if self.cfg.eval.engine == "hf" else set())
-                                            | ({"other_splits"} if self.cfg.eval.other_splits is None else set()))
+        # (eval options added later are left out at their old-behaviour values: older runs keep their cached results)
+        eval_cfg = self.cfg.eval.fingerprint_fields()
         return fingerprint(self.cfg.data, eval_cfg, self.cfg.student, trained_with, self.cfg.seed, label)
 
     def stage_eval(self, label: str, model, tokenizer, method: str) -> list[dict]:
