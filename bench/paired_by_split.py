@@ -38,6 +38,24 @@ def id_digest(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
 
 
+def whole_benchmark_columns(report: dict) -> list[str]:
+    """The report's columns that hold every question of a benchmark ('X all (from Y)')."""
+    return sorted({c for rec in report["cells"] for c in (rec.get("accuracy") or {}) if ALL_COLUMN in c})
+
+
+def split_bounds(dataset: str, data_dir: str | None) -> tuple[dict[str, slice], str, str]:
+    """Where each split's questions lie in the answers to the whole of `dataset` (train, dev, test in order, then
+    'train + dev' and 'all'), with the id digests of the whole and of the test split alone."""
+    parts = {s: [q.id for q in load_split(dataset, s, data_dir)] for s in SPLITS}
+    start, bounds = 0, {}
+    for s in SPLITS:
+        bounds[s] = slice(start, start + len(parts[s]))
+        start += len(parts[s])
+    bounds["train + dev"] = slice(0, bounds["dev"].stop)
+    bounds["all"] = slice(0, start)
+    return bounds, id_digest([i for s in SPLITS for i in parts[s]]), id_digest(parts["test"])
+
+
 def seed_outcomes(records: list[dict], method: str, column: str, digest: str) -> dict[int, np.ndarray]:
     """Per finished seed of `method`, its 0/1 answers in `column`, checked to be for the questions of `digest`."""
     out = {}
@@ -69,25 +87,17 @@ def compare(a: dict[int, np.ndarray], b: dict[int, np.ndarray], part: slice) -> 
 
 def by_split(report: dict, method_a: str, method_b: str, data_dir: str | None) -> list[dict]:
     records = report["cells"]
-    columns = sorted({c for rec in records for c in (rec.get("accuracy") or {}) if ALL_COLUMN in c})
+    columns = whole_benchmark_columns(report)
     if not columns:
         raise SystemExit("no column of the report is a whole benchmark ('X all (from Y)'): nothing to split")
     rows = []
     for column in columns:
-        dataset = column.split(ALL_COLUMN)[0]
-        parts = {s: [q.id for q in load_split(dataset, s, data_dir)] for s in SPLITS}
-        digest = id_digest([i for s in SPLITS for i in parts[s]])
+        bounds, digest, _ = split_bounds(column.split(ALL_COLUMN)[0], data_dir)
         a, b = (seed_outcomes(records, m, column, digest) for m in (method_a, method_b))
         if not a or not b:
             raise SystemExit(f"{column}: no finished cell with answers for {method_a if not a else method_b}")
         seeds = sorted(set(a) & set(b))
         a, b = {s: a[s] for s in seeds}, {s: b[s] for s in seeds}  # seeds both methods finished
-        start, bounds = 0, {}
-        for s in SPLITS:
-            bounds[s] = slice(start, start + len(parts[s]))
-            start += len(parts[s])
-        bounds["train + dev"] = slice(0, bounds["dev"].stop)
-        bounds["all"] = slice(0, start)
         for name, part in bounds.items():
             rows.append({"column": column, "questions_of": name, "seeds": seeds, **compare(a, b, part)})
     return rows
@@ -98,11 +108,10 @@ def test_split_agreement(report: dict, earlier: dict, methods: list[str], data_d
     those of the same cell in `earlier`, a report tested on the test split alone (retrained students that are the
     earlier ones answer every question alike)."""
     out = []
-    for column in sorted({c for rec in report["cells"] for c in (rec.get("accuracy") or {}) if ALL_COLUMN in c}):
+    for column in whole_benchmark_columns(report):
         dataset, train_ds = column.split(ALL_COLUMN)[0], column.split(ALL_COLUMN)[1].rstrip(")")
-        parts = {s: [q.id for q in load_split(dataset, s, data_dir)] for s in SPLITS}
-        digest, test_digest = id_digest([i for s in SPLITS for i in parts[s]]), id_digest(parts["test"])
-        test_part = slice(len(parts["train"]) + len(parts["dev"]), None)
+        bounds, digest, test_digest = split_bounds(dataset, data_dir)
+        test_part = bounds["test"]
         test_column = f"{dataset} (from {train_ds})"
         for method in methods:
             now = seed_outcomes(report["cells"], method, column, digest)
