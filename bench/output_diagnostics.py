@@ -2,8 +2,10 @@
 answer, the share of them that is arithmetically true, answers with every equation true, output length, answers that
 end with the answer sentence and answers cut off by the generation limit. Beside them, the same for the teacher
 rationales each student was trained on, and for cells with a progressive schedule the epochs in which a rationale's
-opening step is trained on (a plain run trains on it every epoch). Reads the cells' files only: no model is run.
-See kpod.evaluation.diagnostics for what counts as an equation.
+opening step is trained on (a plain run trains on it every epoch). For multiple-choice datasets (CommonsenseQA),
+also which choice the reasoning settles on, whether it is right, and whether the letter given follows it. Reads the
+cells' files only: no model is run (the choices come from the data folder: KPOD_DATA_DIR or --data-dir). See
+kpod.evaluation.diagnostics for what counts as an equation and as a settled choice.
 
     python bench/output_diagnostics.py runs/ood-gsm8k-cpu --out results/ood-gsm8k-cpu-diagnostics [--merge]
 
@@ -26,28 +28,59 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from kpod.data.answers import answer_type  # noqa: E402
+from kpod.data.datasets import load_split  # noqa: E402
 from kpod.data.records import read_jsonl  # noqa: E402
-from kpod.evaluation.diagnostics import check_equations, diagnose_file  # noqa: E402
+from kpod.evaluation.diagnostics import (  # noqa: E402
+    check_equations,
+    diagnose_choice_predictions,
+    diagnose_file,
+    reasoned_choice,
+)
 from kpod.evaluation.evaluate import git_commit, machine  # noqa: E402
 from kpod.experiment import ZERO_SHOT, column_of  # noqa: E402
 
 CELL = re.compile(r"^(?P<dataset>[^-]+)-(?P<method>.+)-s(?P<seed>\d+)$")
 SHOWN = ("correct", "equations_per_answer", "equations_true_pct", "answers_all_equations_true_pct",
          "mean_output_chars", "answer_sentence_pct", "cut_off_pct", "opening_step_epochs")
+CHOICE_SHOWN = ("reasoning_settles_pct", "reasoning_right_pct", "letter_follows_reasoning_pct",
+                "most_common_letter_pct")
 
 
-def teacher_rationales(cell: Path) -> dict | None:
-    """Equations in the rationales a cell trained on (data/rationales.jsonl of its run)."""
+class Choices:
+    """The choices and gold letter of each question of a multiple-choice dataset, read once per dataset and split."""
+
+    def __init__(self, data_dir: str | None):
+        self.data_dir, self.loaded = data_dir, {}
+
+    def __call__(self, dataset: str, split: str) -> tuple[dict, dict]:
+        if (dataset, split) not in self.loaded:
+            questions = load_split(dataset, split, self.data_dir)
+            self.loaded[dataset, split] = ({q.id: q.choices for q in questions}, {q.id: q.answer for q in questions})
+        return self.loaded[dataset, split]
+
+
+def teacher_rationales(cell: Path, dataset: str, choices: Choices) -> dict | None:
+    """Equations in the rationales a cell trained on (data/rationales.jsonl of its run); for a multiple-choice
+    dataset, also how often a rationale settles on one choice and on the right one."""
     path = cell / "data" / "rationales.jsonl"
     if not path.exists():
         return None
-    texts = [row["rationale"] for _, row in read_jsonl(path)]
+    rows = [row for _, row in read_jsonl(path)]
+    texts = [row["rationale"] for row in rows]
     checks = [check_equations(t) for t in texts]
     total = sum(n for _, n in checks)
-    return {"n": len(texts), "equations_per_answer": round(total / len(texts), 2),
-            "equations_true_pct": round(100.0 * sum(t for t, _ in checks) / total, 1) if total else None,
-            "answers_all_equations_true_pct": round(100.0 * sum(t == n for t, n in checks) / len(texts), 1),
-            "mean_output_chars": round(statistics.mean(len(t) for t in texts), 1)}
+    stats = {"n": len(texts), "equations_per_answer": round(total / len(texts), 2),
+             "equations_true_pct": round(100.0 * sum(t for t, _ in checks) / total, 1) if total else None,
+             "answers_all_equations_true_pct": round(100.0 * sum(t == n for t, n in checks) / len(texts), 1),
+             "mean_output_chars": round(statistics.mean(len(t) for t in texts), 1)}
+    if answer_type(dataset) == "choice":
+        options, gold = choices(dataset, "train")
+        reasoned = [reasoned_choice(row["rationale"], options[row["id"]]) for row in rows]
+        stats["reasoning_settles_pct"] = round(100.0 * sum(c is not None for c in reasoned) / len(rows), 1)
+        stats["reasoning_right_pct"] = round(100.0 * sum(c == gold[row["id"]] for c, row in zip(reasoned, rows))
+                                             / len(rows), 1)
+    return stats
 
 
 def opening_step_epochs(cell: Path) -> float | None:
@@ -64,21 +97,26 @@ def opening_step_epochs(cell: Path) -> float | None:
     return None if train["method"] in ("kpod_acl", "kpod_spl", "kpod_icl") else float(train["epochs"])
 
 
-def collect(runs: Path) -> tuple[list[dict], dict]:
+def collect(runs: Path, data_dir: str | None = None) -> tuple[list[dict], dict]:
     """Evaluation rows of the finished cells, and {dataset: [teacher-rationale stats]}: one entry per distinct
     training set (multi-rationale methods train on more rationales per question than the others)."""
-    rows, teacher = [], defaultdict(list)
+    rows, teacher, choices = [], defaultdict(list), Choices(data_dir)
     for cell in sorted(p for p in runs.iterdir() if p.is_dir()):
         m = CELL.match(cell.name)
         if not m or not (cell / "summary.json").exists():
             continue  # not a finished cell
-        add_teacher_set(teacher[m["dataset"]], teacher_rationales(cell), m["method"])
+        add_teacher_set(teacher[m["dataset"]], teacher_rationales(cell, m["dataset"], choices), m["method"])
         for ev in sorted((cell / "eval").glob("*/predictions.jsonl")):
             res = json.loads((ev.parent / "results.json").read_text())
             method = ZERO_SHOT if ev.parent.name.startswith("zero-shot") else m["method"]
-            rows.append({"cell": cell.name, "method": method, "seed": int(m["seed"]),
-                         "column": column_of(res, m["dataset"]), **diagnose_file(ev),
-                         "opening_step_epochs": None if method == ZERO_SHOT else opening_step_epochs(cell)})
+            row = {"cell": cell.name, "method": method, "seed": int(m["seed"]),
+                   "column": column_of(res, m["dataset"]), **diagnose_file(ev),
+                   "opening_step_epochs": None if method == ZERO_SHOT else opening_step_epochs(cell)}
+            if answer_type(res["dataset"]) == "choice":
+                predictions = [p for _, p in read_jsonl(ev)]
+                found = diagnose_choice_predictions(predictions, *choices(res["dataset"], res["split"]))
+                row.update({k: found[k] for k in CHOICE_SHOWN})
+            rows.append(row)
     return rows, teacher
 
 
@@ -120,7 +158,7 @@ def aggregate(rows: list[dict]) -> dict:
     for (method, column), by_seed in groups.items():
         runs = list(by_seed.values()) if method != ZERO_SHOT else list(by_seed.values())[:1]
         stats = {k: round(statistics.mean(v), 2) if (v := [r[k] for r in runs if r.get(k) is not None]) else None
-                 for k in SHOWN}
+                 for k in SHOWN + CHOICE_SHOWN}
         out[method][column] = {**stats, "n": runs[0]["n"], "seeds": sorted(by_seed) if method != ZERO_SHOT else None}
     return out
 
@@ -152,6 +190,24 @@ def markdown(name: str, agg: dict, teacher: dict, kept: list[str]) -> str:
                          f"{t['equations_per_answer']:.2f} | {fmt(t['equations_true_pct'], '.1f')} | "
                          f"{t['answers_all_equations_true_pct']:.1f} | {t['mean_output_chars']:.0f} | – | – | – | "
                          f"{t['n']} rationales |")
+    choice_rows = [(method, column, s) for method, cols in agg.items() for column, s in sorted(cols.items())
+                   if s.get("reasoning_settles_pct") is not None]
+    if choice_rows:
+        lines += ["", "Multiple-choice answers: settles: answers whose reasoning's last sentence names one choice "
+                  "alone (\"Of the above choices, only a mall ...\"); right: answers whose reasoning settles on the "
+                  "gold choice (% of all); letter follows: answers whose letter is the choice their reasoning settled "
+                  "on (% of those that settle and give a letter); top letter: the share of the most frequent letter. "
+                  "Mean over seeds.", "",
+                  "| method | column | correct | settles % | right % | letter follows % | top letter % | seeds |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for method, column, s in choice_rows:
+            lines.append(f"| {method} | {column} | {s['correct']:g}/{s['n']} | {s['reasoning_settles_pct']:.1f} | "
+                         f"{s['reasoning_right_pct']:.1f} | {fmt(s['letter_follows_reasoning_pct'], '.1f')} | "
+                         f"{s['most_common_letter_pct']:.1f} | {s['seeds'] or 'one run (greedy)'} |")
+        for dataset, sets in teacher.items():
+            lines += [f"| teacher rationales (training) | {dataset} | – | {t['reasoning_settles_pct']:.1f} | "
+                      f"{t['reasoning_right_pct']:.1f} | – | – | {t['n']} rationales |"
+                      for t in sets if t.get("reasoning_settles_pct") is not None]
     return "\n".join(lines) + "\n"
 
 
@@ -160,10 +216,12 @@ def main() -> None:
     ap.add_argument("runs", type=Path, help="an experiment's runs folder (runs/EXPERIMENT)")
     ap.add_argument("--out", required=True, help="output path without suffix (.json and .md are written)")
     ap.add_argument("--merge", action="store_true", help="keep OUT.json's rows of cells whose run folders are gone")
+    ap.add_argument("--data-dir", help="data folder for the choices of multiple-choice questions (default "
+                    "$KPOD_DATA_DIR or the data shipped with kpod)")
     a = ap.parse_args()
     if not a.runs.is_dir():
         sys.exit(f"error: {a.runs} is not a folder")
-    rows, teacher = collect(a.runs)
+    rows, teacher = collect(a.runs, a.data_dir)
     kept = merge_previous(Path(a.out + ".json"), rows, teacher) if a.merge else []
     if not rows:
         sys.exit(f"error: no finished cell with predictions under {a.runs}")

@@ -281,6 +281,18 @@ def test_choice_fallback_without_trigger():
     assert extract_answer("Of the above, a park or gravity.", "csqa", CHOICES) is None
 
 
+def test_choices_named_and_reasoning_sentences():
+    assert answers.choices_named("Only a park, or gravity!", CHOICES) == ["A", "E"]
+    assert answers.choices_named("Parks are green.", CHOICES) == []  # whole words only
+    assert answers.choices_named("Parks are green.", CHOICES, plurals=True) == ["A"]
+    assert answers.choices_named("Math problems.", CHOICES, plurals=True) == ["D"]
+    said = "The answer must be a place. Of the above choices, only a park is. Therefore, the answer is A."
+    assert answers.reasoning_sentences(said) == ["The answer must be a place.", "Of the above choices, only a park is."]
+    assert answers.reasoning_sentences("Gravity. So the answer is (e) gravity.") == ["Gravity."]
+    assert answers.reasoning_sentences("The answer is E.") == []
+    assert answers.reasoning_sentences("No trigger here. None at all") == ["No trigger here.", "None at all"]
+
+
 # ----------------------------------------------------------------------------- gold answers and matching
 
 

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from kpod.evaluation.diagnostics import chain_value, check_equations, diagnose_file, diagnose_predictions
+from kpod.evaluation.diagnostics import (
+    chain_value,
+    check_equations,
+    diagnose_choice_predictions,
+    diagnose_file,
+    diagnose_predictions,
+    reasoned_choice,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,6 +71,58 @@ def test_diagnose_predictions_counts_answer_sentences_and_cut_off_answers():
             {"output": "Nothing", "correct": False, "extracted": None, "source": None, "looks_truncated": False}]
     d = diagnose_predictions(rows)
     assert d["answer_sentence_pct"] == 25.0 and d["cut_off_pct"] == 25.0
+
+
+CHOICES = ["bank", "library", "department store", "mall", "new york"]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("The answer must be a place. Of the above choices, only a mall is secure. Therefore, the answer is E.", "D"),
+    ("Of the above choices, only banks are secure. So the answer is (a) bank.", "A"),    # plural
+    ("Only a bank or a mall. Therefore, the answer is A.", None),                       # two choices
+    ("A bank is secure. It is the best place. Therefore, the answer is A.", None),       # not in the last sentence
+    ("The answer is (A) bank.", None),                                                   # no reasoning
+    ("Of course, a library is secure. Of course, a mall", "D"),      # cut off, no trigger: its last words count
+])
+def test_reasoned_choice(text, expected):
+    assert reasoned_choice(text, CHOICES) == expected
+
+
+def test_diagnose_choice_predictions():
+    choices, gold = {"q1": CHOICES, "q2": CHOICES, "q3": CHOICES}, {"q1": "D", "q2": "A", "q3": "B"}
+    rows = [{"id": "q1", "output": "Only a mall is. Therefore, the answer is E.", "extracted": "E", "correct": False},
+            {"id": "q2", "output": "Only a bank is. Therefore, the answer is A.", "extracted": "A", "correct": True},
+            {"id": "q3", "output": "Nothing to say", "extracted": "E", "correct": False}]
+    d = diagnose_choice_predictions(rows, choices, gold)
+    assert (d["n"], d["correct"], d["reasoning_settles_pct"]) == (3, 1, 66.7)
+    assert d["reasoning_right_pct"] == 66.7          # q1 and q2 settle on their gold choice
+    assert d["letter_follows_reasoning_pct"] == 50.0  # q1's letter leaves its reasoning's choice
+    assert d["most_common_letter_pct"] == 66.7        # E twice
+
+
+def test_bench_reads_multiple_choice_answers(tmp_path, shared_data):
+    from kpod.data.datasets import load_split
+
+    test_q, train_q = load_split("csqa", "test", shared_data)[:2], load_split("csqa", "train", shared_data)[:1]
+    runs = tmp_path / "runs" / "exp"
+    _cell(runs, "csqa-plain-s0", {"plain-test": ("csqa", [f"Only {q.choices[0]}. Therefore, the answer is A."
+                                                          for q in test_q])}, [f"Only {train_q[0].choices[1]}."])
+    cell = runs / "csqa-plain-s0"
+    for path, qs, letter in ((cell / "eval" / "plain-test" / "predictions.jsonl", test_q, {"extracted": "A"}),
+                             (cell / "data" / "rationales.jsonl", train_q, {})):
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        path.write_text("".join(json.dumps({**r, "id": q.id, **letter}) + "\n" for r, q in zip(rows, qs)))
+    out = tmp_path / "diag"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "output_diagnostics.py"), str(runs), "--out", str(out),
+                    "--data-dir", str(shared_data)], check=True, capture_output=True)
+    res = json.loads(out.with_suffix(".json").read_text())
+    plain = res["aggregate"]["plain"]["csqa"]
+    assert (plain["reasoning_settles_pct"], plain["letter_follows_reasoning_pct"]) == (100.0, 100.0)
+    assert plain["reasoning_right_pct"] == 50.0 * sum(q.answer == "A" for q in test_q)
+    (rationales,) = res["teacher_rationales"]["csqa"]
+    assert rationales["reasoning_settles_pct"] == 100.0
+    assert rationales["reasoning_right_pct"] == (100.0 if train_q[0].answer == "B" else 0.0)
+    assert "| plain | csqa | 0/2 | 100.0 |" in out.with_suffix(".md").read_text()
 
 
 def test_diagnose_file_keeps_unicode_line_separators_inside_answers(tmp_path):

@@ -275,6 +275,26 @@ def _choice_named(text: str, choices: list[str] | None, whole: bool) -> str | No
     return best
 
 
+def choices_named(text: str, choices: list[str] | None, plurals: bool = False) -> list[str]:
+    """Letters of the choices whose words stand whole in `text` (case and punctuation aside); with `plurals`, also
+    followed by "s" or "es" ("fast food restaurants" names "fast food restaurant")."""
+    said = f" {_plain(text)} "
+    endings = ("", "s", "es") if plurals else ("",)
+    return [CHOICE_LETTERS[index] for index, choice in enumerate(choices or [])
+            if (plain := _plain(choice)) and any(f" {plain}{end} " in said for end in endings)]
+
+
+def reasoning_sentences(text: str) -> list[str]:
+    """The sentences of an answer's reasoning: those before the sentence with its first answer trigger ("Therefore,
+    the answer is E." is left out whole); every sentence when no trigger is found."""
+    text = _prepare(text)
+    match = _TRIGGER.search(text)
+    if not match:
+        return _sentences(text)
+    sentences = _sentences(text[: match.start()])
+    return sentences[:-1] if sentences and not re.search(r"[.!?]$", sentences[-1]) else sentences
+
+
 def _read_letter(span: str, choices: list[str] | None) -> str | object | None:
     span = span.lstrip(" \t\n:*")
     if re.search(r"\beither\b", span, re.IGNORECASE) or len(set(re.findall(r"\(([a-eA-E])\)", span))) > 1:
@@ -295,9 +315,7 @@ def _extract_choice(text: str, choices: list[str] | None = None) -> AnswerDetail
     if letters and _letter(letters[-1], choices):
         return AnswerDetails(_letter(letters[-1], choices), "flexible", "last_letter", trigger_seen, truncated)
     sentences = _sentences(text)
-    said = f" {_plain(sentences[-1])} " if sentences else ""
-    texts = [_plain(choice) for choice in choices or []]
-    named = [CHOICE_LETTERS[index] for index, plain in enumerate(texts) if plain and f" {plain} " in said]
+    named = choices_named(sentences[-1], choices) if sentences else []
     if len(named) == 1:  # "... only aspirin can get rid of a headache."
         return AnswerDetails(named[0], "flexible", "choice_text", trigger_seen, truncated)
     return AnswerDetails(None, None, "no_answer", trigger_seen, truncated)

@@ -7,6 +7,10 @@ An "equation" is a written chain of numbers and operations with its result, `a o
 + - * / x ×; thousands separators and $ dropped). It is true when r equals the chain's value, with the usual
 precedence, to within 0.01 (the rounding rationales show). Forms with parentheses or units between the numbers are
 not counted; the same rule applies to every method compared.
+
+For multiple-choice answers (CommonsenseQA), `diagnose_choice_predictions` asks which choice the reasoning itself
+settles on ("Of the above choices, only a mall is ...": the choices its last sentence names, plurals allowed; one
+named choice counts, none or several do not) and whether the letter it then gives is that choice's.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import re
 import statistics
 from pathlib import Path
 
+from kpod.data.answers import choices_named, reasoning_sentences
 from kpod.data.records import read_jsonl
 
 NUMBER = r"-?\d+(?:\.\d+)?"
@@ -96,3 +101,33 @@ def _pct(rows: list[dict], test, field: str) -> float | None:
 
 def diagnose_file(path: str | Path) -> dict:
     return diagnose_predictions([row for _, row in read_jsonl(path)])
+
+
+def reasoned_choice(text: str, choices: list[str]) -> str | None:
+    """The letter of the one choice the last sentence of the reasoning names; None when it names none or several."""
+    sentences = reasoning_sentences(text)
+    named = choices_named(sentences[-1], choices, plurals=True) if sentences else []
+    return named[0] if len(named) == 1 else None
+
+
+def diagnose_choice_predictions(rows: list[dict], choices: dict[str, list[str]], gold: dict[str, str]) -> dict:
+    """Multiple-choice answers (rows of predictions.jsonl; `choices` and `gold` by question id): how often the
+    reasoning settles on one choice, how often that choice is right, how often the letter given agrees with it, and
+    the share of the most frequent letter (a student that always says "E" scores the share of E)."""
+    if not rows:
+        raise ValueError("no predictions to diagnose")
+    reasoned = [reasoned_choice(r["output"], choices[r["id"]]) for r in rows]
+    settled = [(c, r) for c, r in zip(reasoned, rows) if c is not None]
+    lettered = [(c, r) for c, r in settled if r.get("extracted")]
+    letters = [r["extracted"] for r in rows if r.get("extracted")]
+    n = len(rows)
+    return {
+        "n": n,
+        "correct": sum(bool(r["correct"]) for r in rows),
+        "reasoning_settles_pct": round(100.0 * len(settled) / n, 1),
+        # the reasoning's own choice is the gold one, over all answers: its accuracy if its letter always followed it
+        "reasoning_right_pct": round(100.0 * sum(c == gold[r["id"]] for c, r in settled) / n, 1),
+        "letter_follows_reasoning_pct": (round(100.0 * sum(c == r["extracted"] for c, r in lettered) / len(lettered), 1)
+                                         if lettered else None),
+        "most_common_letter_pct": round(100.0 * max(letters.count(x) for x in set(letters)) / n, 1) if letters else 0.0,
+    }
