@@ -44,6 +44,32 @@ def test_overlong_examples_are_counted_not_cut(smol_tokenizer):
     assert all(len(e) <= 60 for e in examples)
 
 
+def test_choice_targets_can_name_the_choice_after_its_letter(smol_tokenizer):
+    from kpod.config import RunConfig
+    from kpod.curriculum.stages import weighting_examples
+    from kpod.data.answers import extract_answer
+    from kpod.data.records import Question, Rationale
+    from kpod.pipeline import fingerprint
+
+    q = Question(id="q1", question="Where is it dry?", answer="C", dataset="csqa",
+                 choices=["lake", "sea", "california", "river", "pond"])
+    r = Rationale(id="q1", rationale="It must be a dry place. Only california is dry.", teacher="t", answer="C",
+                  gold="C", correct=True)
+    tails = {}
+    for choice_text in (False, True):
+        (ex,), _ = encode_examples(smol_tokenizer, {"q1": q}, [r], progress=False, answer_choice_text=choice_text)
+        tails[choice_text] = smol_tokenizer.decode(ex.target_ids[ex.answer_start:], skip_special_tokens=True)
+        (weighting,) = weighting_examples(smol_tokenizer, [ex], {"q1": q}, answer_choice_text=choice_text)
+        assert smol_tokenizer.decode(weighting.answer_ids) == (" (C) california." if choice_text else " C.")
+        assert len(ex.step_spans) == 2  # the answer adds no step
+    assert tails == {False: " Therefore, the answer is C.", True: " Therefore, the answer is (C) california."}
+    assert extract_answer(tails[True], "csqa", q.choices) == "C"
+    # a later option: at its default, fingerprints of earlier runs are unchanged
+    default, named = RunConfig(), RunConfig.model_validate({"data": {"answer_choice_text": True}})
+    assert "answer_choice_text" not in default.data.fingerprint_fields()
+    assert fingerprint(named.data) != fingerprint(default.data)
+
+
 def _batch(ds, indices, given, pad):
     batch = PadCollator(pad)([ds[i] for i in indices])
     return hide_given_steps(batch, ds.first_supervised(indices, given))

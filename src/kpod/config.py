@@ -40,10 +40,13 @@ class DataConfig(Strict):
     max_length: int = Field(384, ge=16, description="longest prompt+target in tokens; longer examples are skipped and counted")
     prompt_template: str = Field(DEFAULT_PROMPT, description="student input; {question} is replaced")
     target_template: str = Field(DEFAULT_TARGET, description="student target; {rationale} and {answer} are replaced")
+    answer_choice_text: bool = Field(
+        False, description="multiple-choice targets give the choice after its letter: 'the answer is (C) california.' "
+        "(not in the paper, whose targets give the letter alone)")
 
     # Options added later (see `Strict.ADDED_LATER`), with the values that reproduce how kpod trained before them.
-    ADDED_LATER: ClassVar[dict[str, object]] = {"strip_answer_statement": False}
-    ADDED_AFTER_CELLS: ClassVar[tuple[str, ...]] = ("strip_answer_statement",)
+    ADDED_LATER: ClassVar[dict[str, object]] = {"strip_answer_statement": False, "answer_choice_text": False}
+    ADDED_AFTER_CELLS: ClassVar[tuple[str, ...]] = ("strip_answer_statement", "answer_choice_text")
 
     @model_validator(mode="after")
     def _custom_needs_files(self):

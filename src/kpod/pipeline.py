@@ -201,7 +201,7 @@ class Pipeline:
             examples, report = encode_examples(
                 tokenizer, questions, rationales, prompt_template=d.prompt_template,
                 target_template=d.target_template, splitter=d.splitter, max_length=d.max_length,
-                progress=self.progress,
+                progress=self.progress, answer_choice_text=d.answer_choice_text,
             )
             write_jsonl(self.paths.examples, (e.to_json() for e in examples))
             (self.paths.data_dir / "encode_report.json").write_text(json.dumps(report, indent=1))
@@ -315,7 +315,7 @@ class Pipeline:
             predictor, _ = load_student(cfg.student.name)  # a separate copy: the student stays un-distilled
             predictor = predictor.to(dist.device())  # on a GPU machine the mask learning runs there, not on the CPU
             ks.run_weighting(tokenizer, examples, questions, predictor, cfg.kpod, self.paths.weighting_dir,
-                             self.progress)
+                             self.progress, answer_choice_text=cfg.data.answer_choice_text)
 
         self.cached("weigh", self._weigh_fingerprint(), work, output=self.paths.weighting_dir,
                     shared_key=self._weights_key())

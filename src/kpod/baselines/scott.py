@@ -157,6 +157,7 @@ def setup(ctx: MethodContext) -> TrainingSetup:
     cf_examples, encode_report = encode_examples(
         ctx.tokenizer, cf_questions, cf_rationales, prompt_template=d.prompt_template,
         target_template=d.target_template, splitter=d.splitter, max_length=d.max_length, progress=False,
+        answer_choice_text=d.answer_choice_text,
     )
     examples = ctx.examples + cf_examples
     flags = np.array([False] * len(ctx.examples) + [True] * len(cf_examples))

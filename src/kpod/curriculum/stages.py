@@ -24,6 +24,7 @@ from kpod.config import KpodSettings, RunConfig
 from kpod.curriculum.clusters import cluster_questions
 from kpod.curriculum.difficulty import step_difficulties, target_token_nll
 from kpod.curriculum.schedule import compute_schedule
+from kpod.data.prompts import target_answer
 from kpod.data.records import Question
 from kpod.distill.examples import EncodedExample
 from kpod.models import is_seq2seq
@@ -38,8 +39,9 @@ ANSWER_CUE = " Therefore, the answer is"
 
 # ----------------------------------------------------------------------------- weigh
 def weighting_examples(tokenizer, examples: list[EncodedExample], questions: dict[str, Question],
-                       seq2seq: bool = False) -> list[WeightingExample]:
-    """The predictor reads [question prompt][masked rationale prefix][cue][answer] (answer scored).
+                       seq2seq: bool = False, answer_choice_text: bool = False) -> list[WeightingExample]:
+    """The predictor reads [question prompt][masked rationale prefix][cue][answer] (answer scored; stated as the
+    targets state it, `answer_choice_text`).
 
     seq2seq: for an encoder-decoder predictor, whose encoder reads question, rationale and cue as one input; the
     end token that its tokenizer puts after the prompt (T5's "</s>") is left out here and follows the cue instead
@@ -48,7 +50,8 @@ def weighting_examples(tokenizer, examples: list[EncodedExample], questions: dic
     eos = tokenizer.eos_token_id
     out = []
     for ex in examples:
-        answer_ids = tokenizer(f" {questions[ex.question_id].answer}.", add_special_tokens=False).input_ids
+        answer = target_answer(questions[ex.question_id], answer_choice_text)
+        answer_ids = tokenizer(f" {answer}.", add_special_tokens=False).input_ids
         question_ids = ex.prompt_ids
         if seq2seq and question_ids and question_ids[-1] == eos:
             question_ids = question_ids[:-1]
@@ -73,13 +76,13 @@ def weighted_rationales(tokenizer, examples: list[EncodedExample], weights: list
 
 
 def run_weighting(tokenizer, examples, questions, predictor, settings: KpodSettings, out_dir: Path,
-                  progress: bool = True) -> list[np.ndarray]:
+                  progress: bool = True, answer_choice_text: bool = False) -> list[np.ndarray]:
     t0 = time.time()
     seq2seq = is_seq2seq(predictor)
     cue = answer_cue_ids(tokenizer, seq2seq)
+    inputs = weighting_examples(tokenizer, examples, questions, seq2seq, answer_choice_text)
     weights, stats = train_token_weighting(
-        weighting_examples(tokenizer, examples, questions, seq2seq), predictor.get_input_embeddings(), predictor,
-        settings.weighting, answer_cue_ids=cue, progress=progress,
+        inputs, predictor.get_input_embeddings(), predictor, settings.weighting, answer_cue_ids=cue, progress=progress,
     )
     stats["wall_s"] = round(time.time() - t0, 1)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,8 @@
 input : "Q: {question}\\nA: Let's think step by step."
 target: " {rationale} Therefore, the answer is {answer}."
 
-Both templates are config options. Multiple-choice questions list their options after the question.
+Both templates are config options. Multiple-choice questions list their options after the question; their answer
+is the letter ("C"), or with `data.answer_choice_text` the letter and the choice ("(C) california").
 """
 
 from __future__ import annotations
@@ -25,6 +26,15 @@ def question_text(q: Question) -> str:
 
 def render_prompt(q: Question, template: str = DEFAULT_PROMPT) -> str:
     return template.format(question=question_text(q))
+
+
+def target_answer(q: Question, choice_text: bool = False) -> str:
+    """The answer as the target states it: the gold answer; with `choice_text`, a multiple-choice answer names its
+    choice after the letter, as the question lists it ("(C) california"), so that the letter has the words the
+    rationale reasoned about beside it."""
+    if not (choice_text and q.choices):
+        return q.answer
+    return f"({q.answer}) {q.choices[CHOICE_LETTERS.index(q.answer)]}"
 
 
 def render_target(rationale: str, answer: str, template: str = DEFAULT_TARGET) -> tuple[str, tuple[int, int]]:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 from tqdm.auto import tqdm
 
-from kpod.data.prompts import DEFAULT_PROMPT, DEFAULT_TARGET, render_prompt, render_target
+from kpod.data.prompts import DEFAULT_PROMPT, DEFAULT_TARGET, render_prompt, render_target, target_answer
 from kpod.data.records import Question, Rationale
 from kpod.data.steps import split_steps, step_token_spans
 
@@ -53,8 +53,10 @@ def encode_examples(
     splitter: str = "period",
     max_length: int = 384,
     progress: bool = True,
+    answer_choice_text: bool = False,
 ) -> tuple[list[EncodedExample], dict]:
-    """Encode rationales; sequences longer than `max_length` tokens are skipped and counted, never cut silently."""
+    """Encode rationales; sequences longer than `max_length` tokens are skipped and counted, never cut silently.
+    answer_choice_text: multiple-choice answers as "(C) california" (`kpod.data.prompts.target_answer`)."""
     examples, skipped = [], Counter()
     eos = tokenizer.eos_token_id
     for r in tqdm(rationales, desc="tokenising", disable=not progress, mininterval=2):
@@ -63,7 +65,7 @@ def encode_examples(
             skipped["question_not_found"] += 1
             continue
         prompt_ids = tokenizer(render_prompt(q, prompt_template)).input_ids
-        target, (r0, r1) = render_target(r.rationale, q.answer, target_template)
+        target, (r0, r1) = render_target(r.rationale, target_answer(q, answer_choice_text), target_template)
         enc = tokenizer(target, add_special_tokens=False, return_offsets_mapping=True)
         target_ids = list(enc.input_ids) + [eos]
         if len(prompt_ids) + len(target_ids) > max_length:
