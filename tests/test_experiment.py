@@ -383,6 +383,7 @@ def test_tiny_grid_runs_reports_and_resumes(tmp_path, tiny_llama_dir, capsys, mo
     md = (tmp_path / "results" / "tiny-grid.md").read_text()
     assert "(recorded by 4 of 4 finished cells)" in md and "Ran on: not recorded" not in md
     assert "| KPOD-ICL |" in md and "| no distillation (zero-shot CoT) |" in md and "4/4 cells finished" in md
+    assert "Accuracy (%) on the test split, mean" in md  # no whole-benchmark column, so no word of split 'all'
     steps = out["cells"][0]["train"]["global_steps"]
     assert f"| plain CoT distillation | 2 | {steps} |" in md.split("### Cost per cell")[1]  # the budgets, per method
     assert (tmp_path / "results" / "tiny-grid-accuracy.png").stat().st_size > 0
@@ -517,3 +518,6 @@ def test_other_splits_left_unset_keeps_the_fingerprints_of_finished_cells():
 def test_a_p_below_one_in_a_thousand_is_not_shown_as_zero():
     assert format_p(1 / 100_001) == "< 0.001"
     assert format_p(0.001) == "0.001" and format_p(0.1554) == "0.155"
+    spread = seed_spread_table([{"column": "svamp", "methods": ["a", "b"], "runs": 6, "seed_std": 1.3,
+                                 "std_of_means": 5.0, "f": 43.9, "df": (3, 8), "p": 2e-5}], explain=False)
+    assert spread.endswith("| 43.90 (3, 8) | < 0.001 |")

@@ -518,7 +518,7 @@ def paired_difference_interval(a: np.ndarray, b: np.ndarray, z: float = 1.96) ->
 
 
 def format_p(p: float) -> str:
-    """A p value to three decimals; below 0.001 as such (a permutation test's p is never 0)."""
+    """A p value to three decimals; below 0.001 as such (a permutation test's or an ANOVA's p is never 0)."""
     return f"{p:.3f}" if p >= 0.001 else "< 0.001"
 
 
@@ -581,7 +581,7 @@ def seed_spread_table(rows: list[dict], heading: str = "### Spread between seeds
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         f_text = "–" if r["f"] is None else f"{r['f']:.2f} ({r['df'][0]}, {r['df'][1]})"
-        p_text = "–" if r["p"] is None else f"{r['p']:.3f}"
+        p_text = "–" if r["p"] is None else format_p(r["p"])
         lines.append(f"| {r['column']} | {len(r['methods'])} | {r['runs']} | {r['seed_std']:.2f} | "
                      f"{r['std_of_means']:.2f} | {f_text} | {p_text} |")
     if not explain:
@@ -716,9 +716,11 @@ def write_report(exp: ExperimentConfig, records: list[dict], results_dir: str | 
     specs = exp.tables or [TableSpec(title=exp.name, methods=list(exp.methods))]
     tables = {spec.title: markdown_table(exp, spec, agg) for spec in specs}
     done = sum(r.get("done", False) for r in records)
+    scope = "Accuracy (%) on the test split"
+    if any(" all " in f" {c} " for r in records for c in (r.get("accuracy") or {})):  # a whole-benchmark column
+        scope += " (where a column names no other split; 'all' = train + dev + test)"
     md = [f"# {exp.name}", "",
-          f"Accuracy (%) on the test split (where a column names no other split: 'all' = train + dev + test), "
-          f"mean ± sample std over seeds {exp.seeds}; (n=k) marks a mean over fewer "
+          f"{scope}, mean ± sample std over seeds {exp.seeds}; (n=k) marks a mean over fewer "
           f"seeds. {done}/{len(records)} cells finished.", ""]
     compared = comparisons(exp, records, agg)
     spread = seed_spread(exp, agg)
