@@ -34,8 +34,7 @@ from kpod.data.records import read_jsonl  # noqa: E402
 from kpod.evaluation.diagnostics import (  # noqa: E402
     check_equations,
     diagnose_choice_predictions,
-    diagnose_file,
-    reasoned_choice,
+    diagnose_predictions,
 )
 from kpod.evaluation.evaluate import git_commit, machine  # noqa: E402
 from kpod.experiment import ZERO_SHOT, column_of  # noqa: E402
@@ -74,12 +73,11 @@ def teacher_rationales(cell: Path, dataset: str, choices: Choices) -> dict | Non
              "equations_true_pct": round(100.0 * sum(t for t, _ in checks) / total, 1) if total else None,
              "answers_all_equations_true_pct": round(100.0 * sum(t == n for t, n in checks) / len(texts), 1),
              "mean_output_chars": round(statistics.mean(len(t) for t in texts), 1)}
-    if answer_type(dataset) == "choice":
-        options, gold = choices(dataset, "train")
-        reasoned = [reasoned_choice(row["rationale"], options[row["id"]]) for row in rows]
-        stats["reasoning_settles_pct"] = round(100.0 * sum(c is not None for c in reasoned) / len(rows), 1)
-        stats["reasoning_right_pct"] = round(100.0 * sum(c == gold[row["id"]] for c, row in zip(reasoned, rows))
-                                             / len(rows), 1)
+    if answer_type(dataset) == "choice":  # the rationales read as answers: their reasoning, the letter they state
+        as_answers = [{"id": row["id"], "output": row["rationale"], "extracted": row.get("answer"),
+                       "correct": row.get("correct")} for row in rows]
+        found = diagnose_choice_predictions(as_answers, *choices(dataset, "train"))
+        stats.update({k: found[k] for k in ("reasoning_settles_pct", "reasoning_right_pct")})
     return stats
 
 
@@ -109,11 +107,11 @@ def collect(runs: Path, data_dir: str | None = None) -> tuple[list[dict], dict]:
         for ev in sorted((cell / "eval").glob("*/predictions.jsonl")):
             res = json.loads((ev.parent / "results.json").read_text())
             method = ZERO_SHOT if ev.parent.name.startswith("zero-shot") else m["method"]
+            predictions = [p for _, p in read_jsonl(ev)]
             row = {"cell": cell.name, "method": method, "seed": int(m["seed"]),
-                   "column": column_of(res, m["dataset"]), **diagnose_file(ev),
+                   "column": column_of(res, m["dataset"]), **diagnose_predictions(predictions),
                    "opening_step_epochs": None if method == ZERO_SHOT else opening_step_epochs(cell)}
             if answer_type(res["dataset"]) == "choice":
-                predictions = [p for _, p in read_jsonl(ev)]
                 found = diagnose_choice_predictions(predictions, *choices(res["dataset"], res["split"]))
                 row.update({k: found[k] for k in CHOICE_SHOWN})
             rows.append(row)
