@@ -29,9 +29,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from kpod.data.datasets import SPLITS, load_split  # noqa: E402
 from kpod.evaluation.evaluate import git_commit, machine  # noqa: E402
-from kpod.experiment import column_entries, format_p, paired_difference_interval, sign_flip_p  # noqa: E402
-
-ALL_COLUMN = " all (from "
+from kpod.experiment import (  # noqa: E402
+    column_entries, column_of, format_p, paired_difference_interval, parse_column, sign_flip_p)
 
 
 def id_digest(ids: list[str]) -> str:
@@ -40,7 +39,8 @@ def id_digest(ids: list[str]) -> str:
 
 def whole_benchmark_columns(report: dict) -> list[str]:
     """The report's columns that hold every question of a benchmark ('X all (from Y)')."""
-    return sorted({c for rec in report["cells"] for c in (rec.get("accuracy") or {}) if ALL_COLUMN in c})
+    found = {c for rec in report["cells"] for c in (rec.get("accuracy") or {})}
+    return sorted(c for c in found if parse_column(c).split == "all" and parse_column(c).trained_on)
 
 
 def split_bounds(dataset: str, data_dir: str | None) -> tuple[dict[str, slice], str, str]:
@@ -92,7 +92,7 @@ def by_split(report: dict, method_a: str, method_b: str, data_dir: str | None) -
         raise SystemExit("no column of the report is a whole benchmark ('X all (from Y)'): nothing to split")
     rows = []
     for column in columns:
-        bounds, digest, _ = split_bounds(column.split(ALL_COLUMN)[0], data_dir)
+        bounds, digest, _ = split_bounds(parse_column(column).dataset, data_dir)
         a, b = (seed_outcomes(records, m, column, digest) for m in (method_a, method_b))
         if not a or not b:
             raise SystemExit(f"{column}: no finished cell with answers for {method_a if not a else method_b}")
@@ -109,10 +109,10 @@ def test_split_agreement(report: dict, earlier: dict, methods: list[str], data_d
     earlier ones answer every question alike)."""
     out = []
     for column in whole_benchmark_columns(report):
-        dataset, train_ds = column.split(ALL_COLUMN)[0], column.split(ALL_COLUMN)[1].rstrip(")")
+        dataset, _, train_ds = parse_column(column)
         bounds, digest, test_digest = split_bounds(dataset, data_dir)
         test_part = bounds["test"]
-        test_column = f"{dataset} (from {train_ds})"
+        test_column = column_of({"dataset": dataset, "split": "test"}, train_ds)
         for method in methods:
             now = seed_outcomes(report["cells"], method, column, digest)
             before = seed_outcomes(earlier["cells"], method, test_column, test_digest)

@@ -34,6 +34,7 @@ from kpod.experiment import (
     markdown_table,
     mean_std,
     paired_difference_interval,
+    parse_column,
     plan_cells,
     question_outcomes,
     sign_flip_p,
@@ -484,6 +485,19 @@ def _run_svamp_student(tmp_path, tiny_llama_dir, shared_data, **evaluation) -> l
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["run", str(tmp_path / "cfg.yaml"), "--no-progress"]) == 0
     return json.loads((tmp_path / "run" / "summary.json").read_text())["results"]
+
+
+@pytest.mark.parametrize("dataset, split, train", [("svamp", "test", "svamp"), ("asdiv", "all", "gsm8k"),
+                                                     ("gsm8k", "dev", "gsm8k"), ("asdiv", "test", "svamp")])
+def test_parse_column_undoes_column_of(dataset, split, train):
+    column = column_of({"dataset": dataset, "split": split}, train)
+    assert parse_column(column) == (dataset, split, None if train == dataset else train)
+
+
+def test_parse_column_refuses_other_names():
+    for name in ["", "svamp (from)", "plain svamp test extra", "svamp (from gsm8k) dev"]:
+        with pytest.raises(ValueError, match="not a table column"):
+            parse_column(name)
 
 
 def test_out_of_distribution_evaluation(tmp_path, tiny_llama_dir, shared_data):

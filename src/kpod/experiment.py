@@ -45,6 +45,7 @@ import json
 import logging
 import math
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -53,7 +54,7 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import yaml
@@ -298,6 +299,20 @@ def column_of(result: dict, train_dataset: str) -> str:
     return col if result["dataset"] == train_dataset else f"{col} (from {train_dataset})"
 
 
+class Column(NamedTuple):
+    dataset: str
+    split: str
+    trained_on: str | None  # None: in distribution
+
+
+def parse_column(column: str) -> Column:
+    """The parts of a column named by `column_of`: "asdiv all (from gsm8k)" -> ("asdiv", "all", "gsm8k")."""
+    match = re.fullmatch(r"([^\s(]+)(?: ([^\s(]+))?(?: \(from ([^\s()]+)\))?", column)
+    if not match:
+        raise ValueError(f"not a table column (DATASET [SPLIT] [(from TRAIN)]): {column!r}")
+    return Column(match.group(1), match.group(2) or "test", match.group(3))
+
+
 def shown_run_dir(run_dir: Path) -> str:
     """A cell's folder as reports name it: relative to the working folder, else RUNS_ROOT/EXPERIMENT/CELL (a report
     that is shared names no folder of the machine it ran on)."""
@@ -402,7 +417,8 @@ def table_columns(exp: ExperimentConfig, agg: dict, rows: list[str]) -> list[str
     """Columns found in the rows: in-distribution ones in the experiment's dataset order, then the OOD ones."""
     found = {col for m in rows for col in agg.get(m, {})}
     order = {d: i for i, d in enumerate(exp.datasets)}
-    return sorted(found, key=lambda c: ("(from " in c, order.get(c.split(" ")[0], len(order)), c))
+    parts = {c: parse_column(c) for c in found}
+    return sorted(found, key=lambda c: (parts[c].trained_on is not None, order.get(parts[c].dataset, len(order)), c))
 
 
 def row_label(exp: ExperimentConfig, method: str) -> str:
@@ -717,7 +733,7 @@ def write_report(exp: ExperimentConfig, records: list[dict], results_dir: str | 
     tables = {spec.title: markdown_table(exp, spec, agg) for spec in specs}
     done = sum(r.get("done", False) for r in records)
     scope = "Accuracy (%) on the test split"
-    if any(" all " in f" {c} " for r in records for c in (r.get("accuracy") or {})):  # a whole-benchmark column
+    if any(parse_column(c).split == "all" for r in records for c in (r.get("accuracy") or {})):
         scope += " (where a column names no other split; 'all' = train + dev + test)"
     md = [f"# {exp.name}", "",
           f"{scope}, mean ± sample std over seeds {exp.seeds}; (n=k) marks a mean over fewer "
