@@ -263,7 +263,7 @@ def _letter(letter: str, choices: list[str] | None) -> str | None:
     return CHOICE_LETTERS[index] if 0 <= index < limit else None
 
 
-def _choice_named(text: str, choices: list[str] | None, whole: bool) -> str | None:
+def _choice_spelled_out(text: str, choices: list[str] | None, whole: bool) -> str | None:
     """Letter of the choice the text is (``whole``) or starts with (the longest such choice)."""
     said = _plain(text)
     best, best_length = None, 0
@@ -302,7 +302,7 @@ def _read_letter(span: str, choices: list[str] | None) -> str | object | None:
     for form in _LETTER_FORMS:
         if match := form.match(span):
             return _letter(match.group(1), choices)
-    return _choice_named(span, choices, whole=False) or _ABSENT
+    return _choice_spelled_out(span, choices, whole=False) or _ABSENT
 
 
 def _extract_choice(text: str, choices: list[str] | None = None) -> AnswerDetails:
@@ -339,9 +339,9 @@ def _choice_gold(answer: object, choices: list[str] | None = None) -> str | None
     """``"A. ignore"`` / ``"A"`` / ``"(a)"`` -> "A"; with ``choices``, a choice text -> its letter."""
     text = str(answer).strip()
     match = re.fullmatch(r"\(?([A-Ea-e])\)?(?:[.):]\s*.*)?", text, re.DOTALL)
-    if match and not (choices and _choice_named(text, choices, whole=True)):
+    if match and not (choices and _choice_spelled_out(text, choices, whole=True)):
         return _letter(match.group(1), choices)
-    return _choice_named(text, choices, whole=True)
+    return _choice_spelled_out(text, choices, whole=True)
 
 
 def _same_number(prediction: str, gold: str) -> bool:
