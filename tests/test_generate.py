@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import warnings
 
+import pytest
 import torch
 
-from kpod.evaluation.generate import ANSWER_DONE, StopRule, generate, trim_output
+from kpod.evaluation.generate import ANSWER_DONE, StopRule, generate, stop_token_ids, trim_output
 from kpod.models import build_tiny_model
 
 
@@ -51,3 +52,43 @@ def test_seq2seq_generation_runs(smol_tokenizer):
     outs, stats = generate(model, smol_tokenizer, ["Q: 1 + 1?", "Q: 2?"], batch_size=2, max_new_tokens=5,
                            progress=False)
     assert len(outs) == 2 and stats["useful_tokens"] <= 10
+
+
+def _contrastive_by_full_recompute(model, tokenizer, prompt: str, contrast: str, strength: float, n: int) -> list[int]:
+    """Reference: every step re-reads both whole contexts (no cache, no padding) and takes the best contrastive score."""
+    main, other, picked = tokenizer(prompt).input_ids, tokenizer(contrast).input_ids, []
+    with torch.no_grad():
+        for _ in range(n):
+            a = model(input_ids=torch.tensor([main + picked])).logits[0, -1]
+            b = model(input_ids=torch.tensor([other + picked])).logits[0, -1]
+            picked.append(int((torch.log_softmax(a, -1) - strength * torch.log_softmax(b, -1)).argmax()))
+            if picked[-1] in stop_token_ids(tokenizer):
+                break
+    return picked
+
+
+def test_contrastive_decoding_matches_a_full_recompute_and_is_greedy_at_strength_zero(smol_tokenizer):
+    model = build_tiny_model("llama", smol_tokenizer, seed=5)
+    prompts = ["Q: 2 + 3? The answer is 5.\nA:", "Q: A longer question about seven apples? The answer is 7.\nA:"]
+    contrasts = ["Q: 2 + 3? The answer is 9.\nA:", "Q: A longer question about seven apples? The answer is 12.\nA:"]
+    greedy, _ = generate(model, smol_tokenizer, prompts, max_new_tokens=8, progress=False, stop_at_answer=False)
+    same, _ = generate(model, smol_tokenizer, prompts, max_new_tokens=8, progress=False, stop_at_answer=False,
+                       contrast_prompts=contrasts, contrast_strength=0.0)
+    assert same == greedy
+    texts, stats = generate(model, smol_tokenizer, prompts, batch_size=2, max_new_tokens=8, progress=False,
+                            stop_at_answer=False, contrast_prompts=contrasts, contrast_strength=1.0,
+                            return_token_counts=True)
+    for prompt, contrast, text in zip(prompts, contrasts, texts):
+        expected = _contrastive_by_full_recompute(model, smol_tokenizer, prompt, contrast, 1.0, 8)
+        assert len(expected) > 2 and text == smol_tokenizer.decode(expected, skip_special_tokens=True).rstrip()
+    assert texts != greedy  # the contrast changed what was picked
+    assert stats["computed_tokens"] == 2 * sum(stats["new_tokens"])  # both contexts advance each step
+
+
+def test_contrastive_decoding_refuses_mismatched_or_seq2seq_input(smol_tokenizer):
+    causal = build_tiny_model("llama", smol_tokenizer, seed=5)
+    with pytest.raises(ValueError, match="1 contrast prompts for 2 prompts"):
+        generate(causal, smol_tokenizer, ["a", "b"], contrast_prompts=["c"], progress=False)
+    seq2seq = build_tiny_model("t5", smol_tokenizer)
+    with pytest.raises(ValueError, match="decoder-only"):
+        generate(seq2seq, smol_tokenizer, ["a"], contrast_prompts=["c"], progress=False)

@@ -9,6 +9,7 @@ which the teacher's multi-rationale runs use.
     >>> texts, stats = generate(model, tokenizer, prompts, batch_size=32, max_new_tokens=200)
     >>> stats["useful_tokens"] / stats["computed_tokens"]      # 1.0 for the decoder-only loop
     >>> texts, stats = generate(model, tokenizer, prompts, temperature=0.7, top_p=0.95, seed=1)
+    >>> texts, stats = generate(model, tokenizer, prompts, contrast_prompts=others, contrast_strength=0.5)
 """
 
 from __future__ import annotations
@@ -82,29 +83,64 @@ def token_sampler(temperature: float, top_p: float = 1.0, seed: int | None = Non
     return pick
 
 
+class _CausalContext:
+    """A left-padded batch of prompts and its KV cache, advanced one token at a time; `logits` [B, V] predict the
+    next token of each row."""
+
+    def __init__(self, model, pad_id: int, batch_ids: list[list[int]], stats: dict):
+        self.model, device = model, next(model.parameters()).device
+        width = max(len(x) for x in batch_ids)
+        ids = torch.full((len(batch_ids), width), pad_id, dtype=torch.long)
+        attn = torch.zeros((len(batch_ids), width), dtype=torch.long)
+        for r, x in enumerate(batch_ids):
+            ids[r, width - len(x):] = torch.tensor(x)
+            attn[r, width - len(x):] = 1
+        self.attn = attn.to(device)
+        pos = (self.attn.cumsum(-1) - 1).clamp_min(0)
+        out = model(input_ids=ids.to(device), attention_mask=self.attn, position_ids=pos, use_cache=True,
+                    logits_to_keep=1)
+        self.cache, self.logits, self.last_pos = getattr(out, _CACHE), out.logits[:, -1], pos[:, -1]
+        stats["prefill_tokens"] += int(attn.sum())
+
+    def keep_rows(self, idx: torch.Tensor) -> None:
+        self.cache.batch_select_indices(idx)
+        self.attn, self.last_pos = self.attn[idx], self.last_pos[idx]
+
+    def advance(self, tokens: torch.Tensor) -> None:
+        self.attn = torch.cat([self.attn, self.attn.new_ones((len(tokens), 1))], dim=1)
+        self.last_pos = self.last_pos + 1
+        out = self.model(input_ids=tokens[:, None], attention_mask=self.attn, position_ids=self.last_pos[:, None],
+                         use_cache=True, **{_CACHE: self.cache})
+        self.cache, self.logits = getattr(out, _CACHE), out.logits[:, -1]
+
+
+def contrastive_scores(logits: torch.Tensor, contrast_logits: torch.Tensor, strength: float) -> torch.Tensor:
+    """SCOTT's contrastive decoding (Wang et al. 2023): log p(t | prompt) - strength * log p(t | contrast prompt),
+    favouring the tokens that the prompt's difference (e.g. the gold answer against a perturbed one) makes likelier."""
+    return torch.log_softmax(logits.float(), -1) - strength * torch.log_softmax(contrast_logits.float(), -1)
+
+
 @torch.no_grad()
 def _greedy_causal(model, tokenizer, batch_ids: list[list[int]], max_new_tokens: int, rule: StopRule, stats: dict,
-                   pick: Callable[[torch.Tensor], torch.Tensor] = _argmax):
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id
-    width = max(len(x) for x in batch_ids)
-    ids = torch.full((len(batch_ids), width), pad, dtype=torch.long)
-    attn = torch.zeros((len(batch_ids), width), dtype=torch.long)
-    for r, x in enumerate(batch_ids):
-        ids[r, width - len(x):] = torch.tensor(x)
-        attn[r, width - len(x):] = 1
-    ids, attn = ids.to(device), attn.to(device)
-    pos = (attn.cumsum(-1) - 1).clamp_min(0)
-    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
-    cache = getattr(out, _CACHE)
-    nxt = pick(out.logits[:, -1])
-    stats["prefill_tokens"] += int(attn.sum())
+                   pick: Callable[[torch.Tensor], torch.Tensor] = _argmax, contrast_ids: list[list[int]] | None = None,
+                   contrast_strength: float = 0.0):
+    """Tokens generated for each prompt. With `contrast_ids` (one contrast prompt per prompt), each token is picked
+    from `contrastive_scores`, and both contexts are fed the same picked tokens."""
+    contexts = [_CausalContext(model, tokenizer.pad_token_id, batch_ids, stats)]
+    if contrast_ids is not None:
+        contexts.append(_CausalContext(model, tokenizer.pad_token_id, contrast_ids, stats))
 
+    def next_tokens() -> torch.Tensor:
+        if len(contexts) == 1:
+            return pick(contexts[0].logits)
+        return pick(contrastive_scores(contexts[0].logits, contexts[1].logits, contrast_strength))
+
+    device = contexts[0].attn.device
+    nxt = next_tokens()
     rows = list(range(len(batch_ids)))  # original row of each active sequence
     generated: list[list[int]] = [[] for _ in batch_ids]
-    last_pos = pos[:, -1]
     for _ in range(max_new_tokens):
-        stats["computed_tokens"] += len(rows)
+        stats["computed_tokens"] += len(rows) * len(contexts)
         keep = []
         for k, r in enumerate(rows):
             tok = int(nxt[k])
@@ -118,15 +154,13 @@ def _greedy_causal(model, tokenizer, batch_ids: list[list[int]], max_new_tokens:
             break
         if len(keep) < len(rows):  # finished sequences leave the batch
             idx = torch.tensor(keep, device=device)
-            cache.batch_select_indices(idx)
-            attn, nxt, last_pos = attn[idx], nxt[idx], last_pos[idx]
+            for context in contexts:
+                context.keep_rows(idx)
+            nxt = nxt[idx]
             rows = [rows[k] for k in keep]
-        attn = torch.cat([attn, attn.new_ones((len(rows), 1))], dim=1)
-        last_pos = last_pos + 1
-        out = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=last_pos[:, None],
-                    use_cache=True, **{_CACHE: cache})
-        cache = getattr(out, _CACHE)
-        nxt = pick(out.logits[:, -1])
+        for context in contexts:
+            context.advance(nxt)
+        nxt = next_tokens()
     return generated
 
 
@@ -148,15 +182,25 @@ def _greedy_seq2seq(model, tokenizer, batch_ids, max_new_tokens, rule: StopRule,
 
 def generate(model, tokenizer, prompts: list[str], *, batch_size: int = 32, max_new_tokens: int = 200,
              stop_at_answer: bool = True, progress: bool = True, temperature: float = 0.0, top_p: float = 1.0,
-             seed: int | None = None, return_token_counts: bool = False) -> tuple[list[str], dict]:
+             seed: int | None = None, return_token_counts: bool = False, contrast_prompts: list[str] | None = None,
+             contrast_strength: float = 0.5) -> tuple[list[str], dict]:
     """Outputs for `prompts` (in input order) and throughput statistics; greedy unless `temperature > 0`.
 
+    With `contrast_prompts` (one per prompt; decoder-only models), tokens are picked by contrastive decoding
+    (`contrastive_scores`, weight `contrast_strength`) instead of from the prompt's distribution alone.
     With `return_token_counts`, `stats["prompt_tokens"]` and `stats["new_tokens"]` list the prompt and generated
     token counts of each prompt (in input order)."""
     model.eval()
     rule = StopRule(stop_token_ids(tokenizer), stop_at_answer)
     encoded = [tokenizer(p).input_ids for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    contrast = None
+    if contrast_prompts is not None:
+        if len(contrast_prompts) != len(prompts):
+            raise ValueError(f"{len(contrast_prompts)} contrast prompts for {len(prompts)} prompts")
+        if is_seq2seq(model):
+            raise ValueError("contrastive decoding is implemented for decoder-only (causal) models only")
+        contrast = [tokenizer(p).input_ids for p in contrast_prompts]
     if is_seq2seq(model):
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else None
         if sampling and seed is not None:
@@ -171,7 +215,9 @@ def generate(model, tokenizer, prompts: list[str], *, batch_size: int = 32, max_
     bar = tqdm(total=len(prompts), desc="generating", disable=not progress, mininterval=2)
     for b in range(0, len(order), batch_size):
         idx = order[b: b + batch_size]
-        gen = decode(model, tokenizer, [encoded[i] for i in idx], max_new_tokens, rule, stats)
+        extra = {} if contrast is None else {"contrast_ids": [contrast[i] for i in idx],
+                                             "contrast_strength": contrast_strength}
+        gen = decode(model, tokenizer, [encoded[i] for i in idx], max_new_tokens, rule, stats, **extra)
         for i, toks in zip(idx, gen):
             stats["useful_tokens"] += len(toks)
             new_tokens[i] = len(toks)
