@@ -71,7 +71,7 @@ def test_zero_shot_cot_requests_and_rationales(tmp_path):
     first = cot.first_request(question, sample=1)
     assert first.prompt == "Q: What is 2 + 3?\nA: Let's think step by step." and not first.chat
     assert (first.sample, first.seed, first.temperature) == (1, 11, 0.7)
-    second = cot.answer_request(first, " 2 + 3 = 5.\n\nQ: What is 9 + 9?")  # the run-on item is cut
+    second = cot.answer_request(question, first, " 2 + 3 = 5.\n\nQ: What is 9 + 9?")  # the run-on item is cut
     assert second.prompt == "Q: What is 2 + 3?\nA: Let's think step by step. 2 + 3 = 5.\nTherefore, the answer is"
     assert (second.temperature, second.sample) == (0.0, 1)
     rationale, verdict = cot.to_rationale(question, 1, TeacherReply(" 2 + 3 = 5."), TeacherReply(" 5."))
@@ -315,3 +315,83 @@ def test_sigkilled_run_resumes_without_asking_twice(tmp_path):
     assert sorted(r["id"] for r in kept) == sorted(f"s{k}" for k in range(n))  # each question exactly once
     summary = json.loads((out / "summary.json").read_text())
     assert summary["requests"]["cached"] == len(answered) and summary["kept"] == n
+
+
+# ----------------------------------------------------------------------------- rationalization (SCOTT's teacher)
+def test_rationalization_prompts_name_the_answer_and_contrast_another():
+    from kpod.baselines.scott import perturbed_answer
+
+    question = Question("q1", "What is 20 + 3?", "23", "number")
+    a_prime = perturbed_answer(question, "number", 0)
+    assert a_prime is not None and a_prime != "23"
+    fields = {"dataset": "custom", "file": "unused.jsonl", "mode": "completion", "backend": "hf",
+              "rationalize": {"enabled": True}}
+    cot = ZeroShotCoT(load_teach_config(None, fields))
+    first = cot.first_request(question, sample=0)
+    assert first.prompt == "Q: What is 20 + 3?\nThe answer is 23. Explain why.\nA: Let's think step by step."
+    assert first.contrast_prompt == first.prompt.replace("is 23.", f"is {a_prime}.") and first.contrast_strength == 0.5
+    assert "contrast" in first.cache_payload()
+    assert cot.explained(Question("q2", "How far?", "far", "number")) is None  # no a' to contrast with: skipped
+    # turn 2 is asked without the answer: a kept rationale leads to it unaided
+    second = cot.answer_request(question, first, " 20 + 3 = 23.")
+    assert second.prompt == "Q: What is 20 + 3?\nA: Let's think step by step. 20 + 3 = 23.\nTherefore, the answer is"
+    rationale, verdict = cot.to_rationale(question, 0, TeacherReply(" 20 + 3 = 23."), TeacherReply(" 23."))
+    assert (rationale.gold, verdict) == ("23", "kept") and rationale.meta["rationalized"]["contrast_answer"] == a_prime
+
+    # a counterfactual teacher explains a' against the gold answer, and is judged against a'
+    counter = ZeroShotCoT(load_teach_config(None, {**fields, "rationalize": {"enabled": True, "target": "perturbed"}}))
+    first = counter.first_request(question, sample=0)
+    assert f"The answer is {a_prime}." in first.prompt and "The answer is 23." in first.contrast_prompt
+    rationale, verdict = counter.to_rationale(question, 0, TeacherReply(" so."), TeacherReply(f" {a_prime}."))
+    assert (rationale.gold, rationale.meta["gold_answer"], verdict) == (a_prime, "23", "kept")
+    _, verdict = counter.to_rationale(question, 0, TeacherReply(" so."), TeacherReply(" 23."))
+    assert verdict == "wrong_answer"
+
+    # no contrast: plain greedy rationalization; a choice is named with its text; chat mode
+    choice = Question("c1", "Where is a seal?", "B", "choice", choices=["desert", "sea", "moon"])
+    chat = ZeroShotCoT(load_teach_config(None, {"dataset": "csqa", "backend": "openai",
+                                                "rationalize": {"enabled": True, "contrast": "none"}}))
+    first = chat.first_request(choice, sample=0)
+    assert first.chat and first.contrast_prompt is None and "contrast" not in first.cache_payload()
+    assert first.prompt.startswith("Where is a seal?\nAnswer Choices: (A) desert (B) sea (C) moon\n\nThe answer is (B) sea.")
+    empty = ZeroShotCoT(load_teach_config(None, {"dataset": "csqa", "backend": "hf",
+                                                 "rationalize": {"enabled": True, "contrast": "empty"}}))
+    assert "The answer is . Explain" in empty.first_request(choice, sample=0).contrast_prompt
+
+
+def test_contrastive_decoding_needs_the_hf_backend():
+    with pytest.raises(ConfigError, match="backend 'hf', not 'openai'"):
+        load_teach_config(None, {"rationalize": {"enabled": True}})
+    load_teach_config(None, {"rationalize": {"enabled": True, "contrast": "none"}})  # plain rationalization: any backend
+
+
+def test_hf_backend_rationalizes_contrastively_and_counterfactual_rows_are_kept_out_of_the_data(tmp_path, tiny_llama_dir):
+    file = tmp_path / "q.jsonl"
+    file.write_text("".join(json.dumps({"id": f"s{i}", "question": q, "answer": a}) + "\n"
+                            for i, (q, a) in enumerate([("What is 1 + 2?", 3), ("What is 3 + 4?", 7)])))
+    base = {"dataset": "custom", "file": str(file), "backend": "hf", "model": str(tiny_llama_dir),
+            "mode": "completion", "max_tokens": 6, "answer_max_tokens": 4, "batch_size": 4, "keep_wrong": True}
+    runs = {}
+    for name, rationalize in {"greedy": {"enabled": True, "contrast": "none"},
+                              "contrastive": {"enabled": True, "strength": 1.0},
+                              "counterfactual": {"enabled": True, "target": "perturbed", "strength": 1.0}}.items():
+        cfg = load_teach_config(None, {**base, "out": str(tmp_path / name), "rationalize": rationalize})
+        summary = run_teach(cfg, progress=False)
+        assert summary["samples"] == 2 and summary["skipped_questions"] == 0
+        written = rows(tmp_path / name / "rationales.jsonl") + rows(tmp_path / name / "rejected.jsonl")
+        runs[name] = {r["id"]: r for r in written}
+        assert run_teach(cfg, progress=False)["requests"]["asked"] == 0  # contrastive replies come from the cache
+    assert set(runs["greedy"]) == set(runs["contrastive"]) == {"s0", "s1"}
+    assert [runs["contrastive"][i]["rationale"] for i in ("s0", "s1")] != [runs["greedy"][i]["rationale"] for i in ("s0", "s1")]
+    assert runs["counterfactual"]["s0"]["meta"]["gold_answer"] == "3" and runs["counterfactual"]["s0"]["gold"] != "3"
+
+    from kpod.config import RunConfig
+    from kpod.data.records import DataError
+    from kpod.pipeline import collect_rationales
+
+    counterfactual = tmp_path / "counterfactual" / "rationales.jsonl"
+    counterfactual.write_text("".join(json.dumps({**r, "id": q.id}) + "\n" for r, q in
+                                      zip(runs["counterfactual"].values(), load_teach_questions(
+                                          load_teach_config(None, {"dataset": "svamp"}))[:2])))
+    with pytest.raises(DataError, match="explain a perturbed answer"):
+        collect_rationales(RunConfig.model_validate({"data": {"rationale_source": str(counterfactual)}}))

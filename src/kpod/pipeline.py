@@ -109,6 +109,11 @@ def collect_rationales(cfg: RunConfig) -> tuple[list[Question], list[Rationale],
         else:
             rationales, report = import_rationales(d.dataset, d.rationale_source, d.data_dir)
         assert_no_leakage(rationales, d.dataset, d.data_dir)
+    counterfactual = [r.id for r in rationales if (r.meta.get("rationalized") or {}).get("target") == "perturbed"]
+    if counterfactual:  # they explain another answer than the question's: a target would pair them wrongly
+        raise DataError(f"{len(counterfactual)} rationales of {d.rationale_source} explain a perturbed answer "
+                        f"(kpod teach with rationalize.target 'perturbed'), e.g. {counterfactual[:3]}: give them to "
+                        "baselines.scott.counterfactual_rationales, not data.rationale_source")
     if d.max_train_questions:
         questions = questions[: d.max_train_questions]
         keep = {q.id for q in questions}

@@ -94,6 +94,15 @@ def perturb_choice(answer: str, choices: list[str], rng: np.random.Generator) ->
     return str(rng.choice(letters)) if letters else None
 
 
+def perturbed_answer(question: Question, kind: str, seed: int) -> str | None:
+    """The question's perturbed answer a' under `seed` (drawn per question, whatever the order questions come in);
+    None when none can be drawn (a non-numeric answer)."""
+    rng = np.random.default_rng(zlib.crc32(f"{seed}/{question.id}".encode()))
+    if kind == "choice":
+        return perturb_choice(question.answer, question.choices or [], rng)
+    return perturb_number(question.answer, rng)
+
+
 def counterfactual_number_text(text: str, answer: str, new_answer: str) -> str | None:
     """`text` with every number equal in value to `answer` written as `new_answer`; None if there is none."""
     target = parse_number(answer)
@@ -126,8 +135,7 @@ def counterfactual_rationales(questions: dict[str, Question], rationales: list[R
     for r in rationales:
         q = questions[r.id]
         if q.id not in perturbed:
-            rng = np.random.default_rng(zlib.crc32(f"{seed}/{q.id}".encode()))  # per question, order-independent
-            new = perturb_choice(q.answer, q.choices or [], rng) if kind == "choice" else perturb_number(q.answer, rng)
+            new = perturbed_answer(q, kind, seed)
             perturbed[q.id] = replace(q, answer=new) if new is not None else None
         cf_q = perturbed[q.id]
         if cf_q is None:

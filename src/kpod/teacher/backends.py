@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
@@ -38,17 +38,25 @@ class TeacherRequest:
     sample: int = 0  # index among the samples of the same prompt: part of the cache key
     seed: int | None = None
     turn: str = "rationale"  # "rationale" or "answer" (completion mode's second turn); not part of the key
+    contrast_prompt: str | None = None  # contrastive decoding against this prompt (backends that see logits)
+    contrast_strength: float = 0.0
 
     def messages(self) -> list[dict[str, str]]:
         head = [{"role": "system", "content": self.system}] if self.system else []
         return head + [{"role": "user", "content": self.prompt}]
 
+    def contrast_request(self) -> "TeacherRequest":
+        """The same request with the contrast prompt in place of the prompt (how a backend renders it)."""
+        return replace(self, prompt=self.contrast_prompt, contrast_prompt=None, contrast_strength=0.0)
+
     def cache_payload(self) -> dict:
         """Everything that decides the reply (what the cache key is made of)."""
         what = {"messages": self.messages()} if self.chat else {"prompt": self.prompt}
+        contrast = {} if self.contrast_prompt is None else {  # absent otherwise: older keys stay valid
+            "contrast": {"prompt": self.contrast_prompt, "strength": self.contrast_strength}}
         return {
             **what, "chat": self.chat, "max_tokens": self.max_tokens, "temperature": self.temperature,
-            "top_p": self.top_p, "stop": list(self.stop), "seed": self.seed, "sample": self.sample,
+            "top_p": self.top_p, "stop": list(self.stop), "seed": self.seed, "sample": self.sample, **contrast,
         }  # fmt: skip
 
 
@@ -101,6 +109,12 @@ class TeacherBackend(ABC):
 
     def close(self) -> None:
         """Release connections or model memory."""
+
+    def refuse_contrast(self, requests: list[TeacherRequest]) -> None:
+        """For backends that cannot decode contrastively (no next-token distributions of two prompts)."""
+        if any(r.contrast_prompt is not None for r in requests):
+            raise FatalTeacherError(f"backend {self.name!r} cannot decode contrastively: use backend 'hf' "
+                                    "(or rationalize.contrast 'none')")
 
 
 _BACKENDS: dict[str, type[TeacherBackend] | str] = {

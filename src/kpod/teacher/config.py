@@ -48,6 +48,32 @@ class TemplateConfig(_Strict):
     system: str | None = Field(None, description="chat mode system message (none by default)")
 
 
+class RationalizeConfig(_Strict):
+    """SCOTT's teacher (Wang et al. 2023): the prompt names the answer and the teacher explains it, decoding
+    contrastively against the same prompt naming another answer, so that it writes the tokens that its answer (not
+    the question alone) makes likely. Off by default (the paper's zero-shot CoT)."""
+
+    enabled: bool = Field(False, description="prompt with the answer to explain (rationalization) instead of zero-shot CoT")
+    target: Literal["gold", "perturbed"] = Field(
+        "gold", description="the answer explained: the gold one, or a perturbed one (SCOTT's counterfactual rationales)"
+    )
+    contrast: Literal["other", "empty", "none"] = Field(
+        "other",
+        description="what the contrast prompt names instead: the other answer (perturbed for a gold target, gold for a "
+        "perturbed one), no answer, or none (plain greedy rationalization, no contrastive decoding)",
+    )
+    strength: float = Field(0.5, ge=0, description="contrastive decoding: score = log p(t|prompt) - strength * log p(t|contrast)")
+    seed: int = Field(0, description="seed of the perturbed answers (drawn per question as baselines.scott draws them)")
+    prompt: str = Field(
+        "Q: {question}\nThe answer is {answer}. Explain why.\nA: Let's think step by step.",
+        description="completion mode, turn 1; {question} and {answer} are replaced (turn 2 asks the answer without it)",
+    )
+    chat: str = Field(
+        "{question}\n\nThe answer is {answer}. Explain step by step why, and end with \"Therefore, the answer is {answer}.\"",
+        description="chat mode, the user message; {question} and {answer} are replaced",
+    )
+
+
 class RetryConfig(_Strict):
     """Retries of one HTTP request (429, 5xx, timeouts, connection errors, malformed bodies)."""
 
@@ -92,6 +118,7 @@ class TeachConfig(_Strict):
     max_tokens: int = Field(256, ge=1, description="longest rationale (turn 1 / the chat answer) in tokens")
     answer_max_tokens: int = Field(32, ge=1, description="completion mode: longest answer turn")
     templates: TemplateConfig = Field(default_factory=TemplateConfig)
+    rationalize: RationalizeConfig = Field(default_factory=RationalizeConfig)
 
     # how fast, how robust
     concurrency: int = Field(8, ge=1, description="requests in flight at once (HTTP); local backends run one batch at a time")
@@ -110,6 +137,14 @@ class TeachConfig(_Strict):
     def _custom_needs_file(self):
         if self.dataset == "custom" and not self.file:
             raise ValueError("dataset 'custom' needs `file` (a JSONL of questions)")
+        return self
+
+    @model_validator(mode="after")
+    def _contrast_needs_logits(self):
+        r = self.rationalize
+        if r.enabled and r.contrast != "none" and self.backend in ("openai", "vllm"):
+            raise ValueError(f"rationalize.contrast {r.contrast!r} (contrastive decoding) needs the next-token "
+                             f"distributions of two prompts: backend 'hf', not {self.backend!r} (or contrast 'none')")
         return self
 
     @property

@@ -3,7 +3,8 @@
 `hf` loads the model with `kpod.models.load_student` (so "smollm2-135m-instruct", hub ids and folders all work)
 and generates with `kpod.evaluation.generate.generate`: greedy at temperature 0, nucleus sampling otherwise; a
 sequence stops at its end token, a finished "the answer is X." sentence or a run-on "\\nQ:" (the request's stop
-strings are those). Chat requests are rendered with the tokenizer's chat template. Sampling is seeded per batch
+strings are those). A request with a contrast prompt (`rationalize`, SCOTT's teacher) is decoded contrastively
+(`kpod.evaluation.generate.contrastive_scores`): only this backend sees the logits that needs. Chat requests are rendered with the tokenizer's chat template. Sampling is seeded per batch
 (`seed` + the batch's first sample index), so it repeats for the same batches, not across a resumed run.
 
 `vllm` (the optional extra `pip install kpod[vllm]`, needs a GPU) is imported only when this backend is built. Its
@@ -25,7 +26,9 @@ log = logging.getLogger(__name__)
 
 
 def _same_settings(request: TeacherRequest) -> tuple:
-    return (request.chat, request.max_tokens, request.temperature, request.top_p)
+    contrastive = request.contrast_prompt is not None
+    return (request.chat, request.max_tokens, request.temperature, request.top_p, contrastive,
+            request.contrast_strength if contrastive else 0.0)
 
 
 class HFBackend(TeacherBackend):
@@ -54,11 +57,13 @@ class HFBackend(TeacherBackend):
         indexed = sorted(range(len(requests)), key=lambda i: _same_settings(requests[i]))
         for settings, group in groupby(indexed, key=lambda i: _same_settings(requests[i])):
             group = list(group)
-            _, max_tokens, temperature, top_p = settings
+            _, max_tokens, temperature, top_p, contrastive, strength = settings
             seed = (self.cfg.seed or 0) + requests[group[0]].sample
+            contrast = [self.render(requests[i].contrast_request()) for i in group] if contrastive else None
             texts, stats = generate(self.lm, self.tokenizer, [self.render(requests[i]) for i in group],
                                     batch_size=len(group), max_new_tokens=max_tokens, temperature=temperature,
-                                    top_p=top_p, seed=seed, progress=False, return_token_counts=True)
+                                    top_p=top_p, seed=seed, progress=False, return_token_counts=True,
+                                    contrast_prompts=contrast, contrast_strength=strength)
             for k, i in enumerate(group):
                 new = stats["new_tokens"][k]
                 replies[i] = TeacherReply(texts[k], "length" if new >= max_tokens else "stop",
@@ -87,6 +92,7 @@ class VLLMBackend(TeacherBackend):
         self.tokenizer = self.llm.get_tokenizer()
 
     def complete(self, requests: list[TeacherRequest]) -> list[TeacherReply]:
+        self.refuse_contrast(requests)
         prompts = [
             self.tokenizer.apply_chat_template(r.messages(), tokenize=False, add_generation_prompt=True) if r.chat
             else r.prompt

@@ -98,6 +98,7 @@ class TeachRun:
         self._backend = backend
         self._inflight = _InFlight()
         self._stop = threading.Event()
+        self.skipped: list[str] = []  # questions with nothing to rationalize (no perturbed answer)
         if cfg.n > 1 and cfg.temperature == 0:
             log.warning("n=%d samples at temperature 0: greedy samples are alike; set temperature > 0", cfg.n)
 
@@ -149,6 +150,9 @@ class TeachRun:
 
     def _samples(self, questions: Iterable[Question]) -> Iterator[tuple[Question, int]]:
         for question in questions:
+            if self.cot.explained(question) is None:  # rationalization without a perturbed answer to draw
+                self.skipped.append(question.id)
+                continue
             for sample in range(self.cfg.n):
                 yield question, sample
 
@@ -179,7 +183,7 @@ class TeachRun:
         second_replies: list[TeacherReply | RequestFailed | None] = [None] * len(batch)
         if self.cot.two_turns:
             todo = [i for i, reply in enumerate(first_replies) if isinstance(reply, TeacherReply)]
-            answers = self._ask([self.cot.answer_request(firsts[i], first_replies[i].text) for i in todo])
+            answers = self._ask([self.cot.answer_request(batch[i][0], firsts[i], first_replies[i].text) for i in todo])
             for i, reply in zip(todo, answers):
                 second_replies[i] = reply
         outcomes = []
@@ -243,6 +247,8 @@ class TeachRun:
             "n": cfg.n,
             "temperature": cfg.temperature,
             "samples": tally.samples,
+            "rationalize": cfg.rationalize.model_dump() if cfg.rationalize.enabled else None,
+            "skipped_questions": len(self.skipped),
             "questions_with_kept_rationale": tally.questions_with_kept,
             "kept": tally.verdicts[KEPT],
             "correct": tally.correct,
