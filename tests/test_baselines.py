@@ -29,12 +29,14 @@ from kpod.baselines.scott import (
     counterfactual_rationales,
     perturb_number,
     scott_loss,
+    teacher_counterfactuals,
 )
 from kpod.baselines.specialized_kd import answer_only, mix_formats
 from kpod.cli import main
 from kpod.config import ConfigError, RunConfig, SpecializedKdSettings, TrainConfig, load_config
 from kpod.data.datasets import load_split
 from kpod.data.rationales import import_rationales
+from kpod.data.records import Rationale
 from kpod.distill.dataset import DistillDataset, PadCollator
 from kpod.distill.examples import encode_examples
 from kpod.distill.trainer import build_trainer, run_training
@@ -351,3 +353,39 @@ def test_shipped_experiment_configs_resolve_every_cell():
         assert cells and all(c.config.train.method in method_names() for c in cells)
     with pytest.raises(ConfigError):
         load_config(folder / "svamp-paper.yaml")  # an experiment file is not a run config
+
+
+def _teacher_counterfactual(qid: str, answer: str, text: str, correct: bool = True) -> dict:
+    """A row as `kpod teach` writes it with rationalize.target 'perturbed'."""
+    return Rationale(id=qid, rationale=text, teacher="t", answer=answer if correct else "0", gold=answer,
+                     correct=correct, meta={"rationalized": {"target": "perturbed"}, "gold_answer": "1"}).to_json()
+
+
+def test_scott_reads_the_teachers_counterfactual_rationales(tmp_path, tiny_llama_dir):
+    train = load_split("svamp", "train")[:4]
+    rows = [_teacher_counterfactual(train[0].id, "17", "Take away the 3 pears, 17 are left."),
+            _teacher_counterfactual(train[1].id, "5", "Half of it is 5."),
+            _teacher_counterfactual(train[2].id, "9", "So 9.", correct=False),  # led elsewhere: not used
+            _teacher_counterfactual("not-a-training-id", "4", "Four.")]
+    path = tmp_path / "counterfactual.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    questions = {q.id: q for q in train}
+    cf_questions, cf_rationales, counts = teacher_counterfactuals(questions, str(path))
+    assert {k: q.answer for k, q in cf_questions.items()} == {train[0].id: "17", train[1].id: "5"}
+    assert [r.rationale for r in cf_rationales] == ["Take away the 3 pears, 17 are left.", "Half of it is 5."]
+    assert counts == {"not_a_training_question": 1, "teacher_missed_its_answer": 1, "counterfactual_rationales": 2,
+                      "training_questions_without_one": 2}
+
+    config = _run_config(tmp_path, tiny_llama_dir, "scott")
+    cfg = yaml.safe_load(config.read_text())
+    cfg["baselines"] = {"scott": {"counterfactual_rationales": str(path)}}
+    config.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(config), "--no-progress"]) == 0
+    report = json.loads((tmp_path / "run" / "train" / "method.json").read_text())
+    assert report["factual_examples"] == 12 and report["counterfactual_examples"] == 2
+    assert report["counts"]["counterfactual_rationales"] == 2
+
+    gold = tmp_path / "gold.jsonl"  # rationales of the gold answer are refused as counterfactuals
+    gold.write_text(json.dumps({**rows[0], "meta": {"rationalized": {"target": "gold"}}}) + "\n")
+    with pytest.raises(ValueError, match="explains the gold answer"):
+        teacher_counterfactuals(questions, str(gold))

@@ -188,6 +188,13 @@ class ScottSettings(Strict):
     """SCOTT (Wang et al. 2023): factual plus counterfactual-reasoning loss."""
 
     counterfactual_weight: float = Field(0.5, ge=0, description="L = L_factual + weight * L_counterfactual; 0 = plain distillation on the factual examples")
+    counterfactual_rationales: str | None = Field(
+        None, description="the teacher's counterfactual rationales (`kpod teach` with rationalize.target 'perturbed'), "
+        "as SCOTT trains on; default: the factual rationales edited to reach a perturbed answer")
+
+    ADDED_LATER: ClassVar[dict[str, object]] = {"counterfactual_rationales": None}
+    ADDED_AFTER_CELLS: ClassVar[tuple[str, ...]] = ("counterfactual_rationales",)
+    READ_ONLY_BY: ClassVar[tuple[str, ...]] = ("scott",)
 
 
 class MccKdSettings(Strict):

@@ -6,12 +6,12 @@ consistently with the rationale it is given, through a factual and a counterfact
 
     L = L_factual + baselines.scott.counterfactual_weight * L_counterfactual
 
-SCOTT's teacher wrote the counterfactual rationales itself (contrastive decoding towards a perturbed answer). Those
-are not in the released data, so here the counterfactual rationale is the factual one edited to reach another
-answer: a perturbed answer a' is drawn per question, and every mention of the gold answer in the rationale is
-replaced by a' (numbers compared by value; for multiple choice, the chosen option's text and letter). Rationales
-that never state the answer get no counterfactual (counted in train/method.json). SCOTT's contrastive-decoding
-teacher is not reproduced: the released rationales stand in for it. See docs/methods.md.
+SCOTT's teacher wrote the counterfactual rationales itself (contrastive decoding towards a perturbed answer).
+`kpod teach` does that with a local model (rationalize.target 'perturbed'; `baselines.scott.counterfactual_rationales`
+reads its output). The released data has none, so by default the counterfactual rationale is the factual one edited
+to reach another answer: a perturbed answer a' is drawn per question, and every mention of the gold answer in the
+rationale is replaced by a' (numbers compared by value; for multiple choice, the chosen option's text and letter).
+Rationales that never state the answer get no counterfactual (counted in train/method.json). See docs/methods.md.
 """
 
 from __future__ import annotations
@@ -154,6 +154,28 @@ def counterfactual_rationales(questions: dict[str, Question], rationales: list[R
     return {k: v for k, v in perturbed.items() if v is not None}, out, counts
 
 
+def teacher_counterfactuals(questions: dict[str, Question], path: str) -> tuple[dict[str, Question], list[Rationale], Counter]:
+    """The teacher's counterfactual rationales (`kpod teach`, rationalize.target 'perturbed') of the training
+    questions, those that led the teacher to their perturbed answer, each question carrying that answer."""
+    out, perturbed, counts = [], {}, Counter()
+    for _, row in read_jsonl(path):
+        r = Rationale.from_json(row)
+        if (r.meta.get("rationalized") or {}).get("target") != "perturbed":
+            raise ValueError(f"{path}: rationale {r.id} explains the gold answer, not a perturbed one "
+                             "(write these with `kpod teach` and rationalize.target 'perturbed')")
+        if r.id not in questions:
+            counts["not_a_training_question"] += 1
+        elif not r.correct:
+            counts["teacher_missed_its_answer"] += 1
+        elif perturbed.setdefault(r.id, r.gold) != r.gold:
+            raise ValueError(f"{path}: question {r.id} has counterfactual rationales for two answers")
+        else:
+            out.append(replace(r, answer=r.gold, meta={**r.meta, "counterfactual_of": "teacher"}))
+    counts["counterfactual_rationales"] = len(out)
+    counts["training_questions_without_one"] = len(set(questions) - set(perturbed))
+    return {k: replace(questions[k], answer=v) for k, v in perturbed.items()}, out, counts
+
+
 def setup(ctx: MethodContext) -> TrainingSetup:
     cfg, d = ctx.cfg, ctx.cfg.data
     questions = {row["id"]: Question(**row) for _, row in read_jsonl(ctx.paths.data_dir / "train_questions.jsonl")}
@@ -161,7 +183,11 @@ def setup(ctx: MethodContext) -> TrainingSetup:
     rationales = [r for _, row in read_jsonl(ctx.paths.rationales)
                   if rationale_key(r := Rationale.from_json(row)) in keys]
     kind = d.answer_type if d.dataset == "custom" else answer_type(d.dataset)
-    cf_questions, cf_rationales, counts = counterfactual_rationales(questions, rationales, kind, cfg.seed)
+    if cfg.baselines.scott.counterfactual_rationales:  # SCOTT's own: written by the teacher
+        trained = {r.id: questions[r.id] for r in rationales}
+        cf_questions, cf_rationales, counts = teacher_counterfactuals(trained, cfg.baselines.scott.counterfactual_rationales)
+    else:
+        cf_questions, cf_rationales, counts = counterfactual_rationales(questions, rationales, kind, cfg.seed)
     cf_examples, encode_report = encode_examples(
         ctx.tokenizer, cf_questions, cf_rationales, prompt_template=d.prompt_template,
         target_template=d.target_template, splitter=d.splitter, max_length=d.max_length, progress=False,
