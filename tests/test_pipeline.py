@@ -96,6 +96,12 @@ def test_shipped_configs_are_valid():
     assert {"default.yaml", "quick.yaml", "svamp-plain.yaml"} <= {p.name for p in run_configs}
     for path in run_configs:
         load_config(path)
+    from kpod.teacher import load_teach_config
+
+    teach_configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("teach-*.yaml"))
+    assert len(teach_configs) >= 3
+    for path in teach_configs:
+        load_teach_config(path)
 
 
 def test_kpod_run_weighs_schedules_and_trains_in_stages(tmp_path, tiny_llama_dir, capsys):
