@@ -21,14 +21,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from kpod.data.records import read_jsonl  # noqa: E402
 from kpod.evaluation.evaluate import git_commit, machine  # noqa: E402
-from kpod.experiment import machine_label  # noqa: E402
+from kpod.experiment import format_p, machine_label, sign_flip_p  # noqa: E402
 from kpod.teacher import load_teach_config, run_teach  # noqa: E402
 
+BASELINE = "rationalization, greedy"
 VARIANTS = {
     "zero-shot CoT (the paper's teacher)": {},
     "rationalization, greedy": {"enabled": True, "contrast": "none"},
@@ -57,6 +60,7 @@ def measure(name: str, rationalize: dict, args, work: Path) -> dict:
                 for row in written[:3]]
     return {"variant": name, "rationalize": cfg.rationalize.model_dump() if rationalize else None,
             "questions": summary["samples"], "kept": summary["kept"],
+            "kept_ids": sorted(row["id"] for row in written if row["correct"]),
             "kept_rate": round(summary["kept"] / max(1, summary["samples"]), 4),
             "text_states_the_answer": states, "cut_at_max_tokens": cut,
             "completion_tokens": summary["tokens"]["this_run"]["completion"], "wall_s": round(wall, 1),
@@ -72,13 +76,27 @@ def write(rows: list[dict], args, out: Path) -> None:
           f"`python bench/teacher_rationalization.py --model {args.model} --dataset {args.dataset} --questions "
           f"{args.questions}`: `kpod teach` in completion mode, greedy, `max_tokens` {args.max_tokens}, contrast "
           f"strength {args.strength}. Kept: turn 2, asked from the zero-shot prompt and the rationale alone (not told "
-          "the answer), gives the answer the rationale was written for.", "",
+          "the answer), gives the answer the rationale was written for. That checks that the rationale carries its answer, "
+          "not that its arithmetic is right: a rationale that states the answer after a wrong sum is kept.", "",
           "| teacher | kept | text states that answer | cut at max_tokens | completion tokens | time (s) |",
           "|---|---|---|---|---|---|"]
     for r in rows:
         n = r["questions"]
         md.append(f"| {r['variant']} | {r['kept']}/{n} ({100 * r['kept_rate']:.1f} %) | {r['text_states_the_answer']}/{n} "
                   f"| {r['cut_at_max_tokens']}/{n} | {r['completion_tokens']} | {r['wall_s']} |")
+    base = next((r for r in rows if r["variant"] == BASELINE), None)
+    if base:
+        md += ["", f"Each variant against '{BASELINE}', question by question (the same questions; sign-flip p over the "
+               "questions where one kept a rationale and the other did not):", "",
+               "| teacher | kept here, not there | kept there, not here | paired p |", "|---|---|---|---|"]
+        for r in rows:
+            if r is base or r["questions"] != base["questions"]:
+                continue
+            ids = sorted({*r["kept_ids"], *base["kept_ids"]})
+            a = np.array([i in r["kept_ids"] for i in ids], dtype=float)
+            b = np.array([i in base["kept_ids"] for i in ids], dtype=float)
+            md.append(f"| {r['variant']} | {int(((a == 1) & (b == 0)).sum())} | {int(((a == 0) & (b == 1)).sum())} "
+                      f"| {format_p(sign_flip_p(a, b))} |")
     md += ["", f"Machine: {machine_label(meta['machine'])}; commit {meta['commit']}.", ""]
     out.with_suffix(".md").write_text("\n".join(md))
 
