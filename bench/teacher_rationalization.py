@@ -58,9 +58,13 @@ def measure(name: str, rationalize: dict, args, work: Path) -> dict:
     cut = sum(row["meta"].get("finish_reason") == "length" for row in written)
     examples = [{"id": row["id"], "explained": row["gold"], "answer": row["answer"], "rationale": row["rationale"][:300]}
                 for row in written[:3]]
+    kept_ids = sorted(row["id"] for row in written if row["correct"] and "dropped" not in row["meta"])
+    if len(kept_ids) != summary["kept"]:
+        raise RuntimeError(f"{name}: {len(kept_ids)} kept rows on disk, {summary['kept']} in the summary")
     return {"variant": name, "rationalize": cfg.rationalize.model_dump() if rationalize else None,
             "questions": summary["samples"], "kept": summary["kept"],
-            "kept_ids": sorted(row["id"] for row in written if row["correct"]),
+            "kept_ids": kept_ids,
+            "only_the_answer": sum(row["meta"].get("dropped") == "empty_rationale" for row in written),
             "kept_rate": round(summary["kept"] / max(1, summary["samples"]), 4),
             "text_states_the_answer": states, "cut_at_max_tokens": cut,
             "completion_tokens": summary["tokens"]["this_run"]["completion"], "wall_s": round(wall, 1),
@@ -78,12 +82,12 @@ def write(rows: list[dict], args, out: Path) -> None:
           f"strength {args.strength}. Kept: turn 2, asked from the zero-shot prompt and the rationale alone (not told "
           "the answer), gives the answer the rationale was written for. That checks that the rationale carries its answer, "
           "not that its arithmetic is right: a rationale that states the answer after a wrong sum is kept.", "",
-          "| teacher | kept | text states that answer | cut at max_tokens | completion tokens | time (s) |",
-          "|---|---|---|---|---|---|"]
+          "| teacher | kept | text states that answer | only the answer, no reasoning (dropped) | cut at max_tokens "
+          "| completion tokens | time (s) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         n = r["questions"]
         md.append(f"| {r['variant']} | {r['kept']}/{n} ({100 * r['kept_rate']:.1f} %) | {r['text_states_the_answer']}/{n} "
-                  f"| {r['cut_at_max_tokens']}/{n} | {r['completion_tokens']} | {r['wall_s']} |")
+                  f"| {r['only_the_answer']}/{n} | {r['cut_at_max_tokens']}/{n} | {r['completion_tokens']} | {r['wall_s']} |")
     base = next((r for r in rows if r["variant"] == BASELINE), None)
     if base:
         md += ["", f"Each variant against '{BASELINE}', question by question (the same questions; sign-flip p over the "
