@@ -8,8 +8,8 @@ that answer is the one it was asked to explain (gold, or the perturbed a' for th
 share kept is how often the teacher's rationale, not the hint, carries the answer. Also reported: how often the
 rationale's own text states that answer, cut-off rationales, and time.
 
-    python bench/teacher_rationalization.py                          # SmolLM2-135M-Instruct, 40 SVAMP questions
-    python bench/teacher_rationalization.py --model gemma3-270m --questions 40 --out results/teacher_rationalization_gemma
+    python bench/teacher_rationalization.py                          # SmolLM2-135M-Instruct, the first 40 SVAMP training questions
+    python bench/teacher_rationalization.py --questions 100 --max-tokens 128 --out results/teacher_rationalization_128
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@
 and generates with `kpod.evaluation.generate.generate`: greedy at temperature 0, nucleus sampling otherwise; a
 sequence stops at its end token, a finished "the answer is X." sentence or a run-on "\\nQ:" (the request's stop
 strings are those). A request with a contrast prompt (`rationalize`, SCOTT's teacher) is decoded contrastively
-(`kpod.evaluation.generate.contrastive_scores`): only this backend sees the logits that needs. Chat requests are rendered with the tokenizer's chat template. Sampling is seeded per batch
-(`seed` + the batch's first sample index), so it repeats for the same batches, not across a resumed run.
+(`kpod.evaluation.generate.contrastive_scores`): only this backend sees the logits that needs. Chat requests are
+rendered with the tokenizer's chat template. Sampling is seeded per batch (`seed` + the batch's first sample index),
+so it repeats for the same batches, not across a resumed run.
 
 `vllm` (the optional extra `pip install kpod[vllm]`, needs a GPU) is imported only when this backend is built. Its
 code path follows vLLM's offline `LLM.generate` API with one `SamplingParams` per request; kpod's own tests cannot
