@@ -365,6 +365,24 @@ def test_contrastive_decoding_needs_the_hf_backend():
     load_teach_config(None, {"rationalize": {"enabled": True, "contrast": "none"}})  # plain rationalization: any backend
 
 
+def test_a_backend_that_would_ignore_the_contrast_is_refused(tmp_path):
+    """A registered backend that does not decode contrastively never gets a contrastive request."""
+    from kpod.teacher import TeachRun
+    from kpod.teacher.backends import TeacherBackend
+
+    class PlainOnly(TeacherBackend):
+        name = "plain-only"
+
+        def complete(self, requests):
+            raise AssertionError("a contrastive request reached a backend that ignores its contrast")
+
+    file = write_sums(tmp_path / "q.jsonl", [(20, 3)])
+    cfg = load_teach_config(None, {"dataset": "custom", "file": str(file), "backend": "hf", "mode": "completion",
+                                   "out": str(tmp_path / "out"), "rationalize": {"enabled": True}})
+    with pytest.raises(FatalTeacherError, match="'plain-only' cannot decode contrastively"):
+        TeachRun(cfg, backend=PlainOnly(cfg), progress=False).run(load_teach_questions(cfg))
+
+
 def test_hf_backend_rationalizes_contrastively_and_counterfactual_rows_are_kept_out_of_the_data(tmp_path, tiny_llama_dir):
     file = tmp_path / "q.jsonl"
     file.write_text("".join(json.dumps({"id": f"s{i}", "question": q, "answer": a}) + "\n"

@@ -97,6 +97,9 @@ class TeacherBackend(ABC):
     name: ClassVar[str]
     batch_size: int = 1  # requests per complete() call
     max_concurrency: int | None = None  # None: any number of complete() calls may run at once
+    # Whether complete() honours a request's contrast prompt (needs the next-token distributions of two prompts);
+    # the runner refuses contrastive requests to a backend that would ignore them.
+    decodes_contrastively: ClassVar[bool] = False
 
     def __init__(self, cfg: "TeachConfig"):
         self.cfg = cfg
@@ -109,12 +112,6 @@ class TeacherBackend(ABC):
 
     def close(self) -> None:
         """Release connections or model memory."""
-
-    def refuse_contrast(self, requests: list[TeacherRequest]) -> None:
-        """For backends that cannot decode contrastively (no next-token distributions of two prompts)."""
-        if any(r.contrast_prompt is not None for r in requests):
-            raise FatalTeacherError(f"backend {self.name!r} cannot decode contrastively: use backend 'hf' "
-                                    "(or rationalize.contrast 'none')")
 
 
 _BACKENDS: dict[str, type[TeacherBackend] | str] = {

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from kpod.config import load_yaml_model
+from kpod.teacher.backends import backend_class, backend_names
 from kpod.data.prompts import DEFAULT_PROMPT
 
 
@@ -142,7 +143,9 @@ class TeachConfig(_Strict):
     @model_validator(mode="after")
     def _contrast_needs_logits(self):
         r = self.rationalize
-        if r.enabled and r.contrast != "none" and self.backend in ("openai", "vllm"):
+        if not (r.enabled and r.contrast != "none") or self.backend not in backend_names():
+            return self  # an unknown backend is refused when it is built
+        if not backend_class(self.backend).decodes_contrastively:
             raise ValueError(f"rationalize.contrast {r.contrast!r} (contrastive decoding) needs the next-token "
                              f"distributions of two prompts: backend 'hf', not {self.backend!r} (or contrast 'none')")
         return self

@@ -35,6 +35,7 @@ def _same_settings(request: TeacherRequest) -> tuple:
 class HFBackend(TeacherBackend):
     name = "hf"
     max_concurrency = 1  # one model, one batch at a time
+    decodes_contrastively = True
 
     def __init__(self, cfg: TeachConfig):
         super().__init__(cfg)
@@ -93,7 +94,6 @@ class VLLMBackend(TeacherBackend):
         self.tokenizer = self.llm.get_tokenizer()
 
     def complete(self, requests: list[TeacherRequest]) -> list[TeacherReply]:
-        self.refuse_contrast(requests)
         prompts = [
             self.tokenizer.apply_chat_template(r.messages(), tokenize=False, add_generation_prompt=True) if r.chat
             else r.prompt

@@ -31,6 +31,7 @@ from kpod.data.custom import load_user_jsonl
 from kpod.data.datasets import load_split
 from kpod.data.records import Question, Rationale
 from kpod.teacher.backends import (
+    FatalTeacherError,
     RequestFailed,
     TeacherBackend,
     TeacherReply,
@@ -199,6 +200,9 @@ class TeachRun:
     def _ask(self, requests: list[TeacherRequest]) -> list[TeacherReply | RequestFailed]:
         """Replies in order: from the cache, from an identical request in flight, or from the backend (then cached)."""
         backend, cache = self.backend, self.cache
+        if not backend.decodes_contrastively and any(r.contrast_prompt is not None for r in requests):
+            raise FatalTeacherError(f"backend {backend.name!r} cannot decode contrastively: use backend 'hf' "
+                                    "(or rationalize.contrast 'none')")
         keys = [cache.key(backend.name, backend.model, r) for r in requests]
         replies: list[TeacherReply | RequestFailed | None] = [None] * len(requests)
         owned, waiting = [], []
