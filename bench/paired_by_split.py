@@ -29,8 +29,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from kpod.data.datasets import SPLITS, load_split  # noqa: E402
 from kpod.evaluation.evaluate import git_commit, machine  # noqa: E402
-from kpod.experiment import (  # noqa: E402
-    column_entries, column_of, format_p, paired_difference_interval, parse_column, sign_flip_p)
+from kpod.experiment import column_of, parse_column  # noqa: E402
+from kpod.experiment.report import column_entries  # noqa: E402
+from kpod.experiment.stats import format_p, paired_difference_interval, sign_flip_p  # noqa: E402
 
 
 def id_digest(ids: list[str]) -> str:

@@ -28,7 +28,8 @@ sys.path.insert(0, str(REPO / "src"))
 
 from kpod.data.records import read_jsonl  # noqa: E402
 from kpod.evaluation.evaluate import git_commit, machine  # noqa: E402
-from kpod.experiment import format_p, machine_label, sign_flip_p  # noqa: E402
+from kpod.experiment.report import machine_label  # noqa: E402
+from kpod.experiment.stats import format_p, sign_flip_p  # noqa: E402
 from kpod.teacher import load_teach_config, run_teach  # noqa: E402
 
 BASELINE = "rationalization, greedy"

@@ -21,29 +21,32 @@ from kpod.data.datasets import load_split
 from kpod.experiment import (
     ExperimentConfig,
     TableSpec,
-    aggregate,
     column_of,
-    comparison_table,
-    comparisons,
-    difference_interval,
-    evaluation_folders,
-    format_cell,
-    format_p,
     load_experiment,
-    machine_label,
-    markdown_table,
-    mean_std,
-    paired_difference_interval,
     parse_column,
     plan_cells,
-    question_outcomes,
-    sign_flip_p,
+    write_report,
+)
+from kpod.experiment.cells import evaluation_folders, question_outcomes, shown_run_dir
+from kpod.experiment.report import (
+    aggregate,
+    comparison_table,
+    comparisons,
+    format_cell,
+    machine_label,
+    markdown_table,
     seed_spread,
     seed_spread_table,
-    shown_run_dir,
     table_checks,
+)
+from kpod.experiment.stats import (
+    difference_interval,
+    format_p,
+    mean_std,
+    one_way_anova,
+    paired_difference_interval,
+    sign_flip_p,
     wilson_interval,
-    write_report,
 )
 
 
@@ -266,6 +269,19 @@ def test_seed_spread_is_a_one_way_anova_over_the_training_runs():
     (row,) = seed_spread(exp, aggregate(flat))
     assert row["seed_std"] == 0.0 and row["f"] is None and "| – | – |" in seed_spread_table([row])
     assert seed_spread(exp, aggregate(records[:3])) == []  # one method: nothing to compare
+
+
+def test_one_way_anova_matches_scipy_on_groups_of_unequal_size():
+    from scipy.stats import f_oneway
+
+    groups = [[1.0, 2.5, 3.0], [4.0, 5.5], [2.0, 2.0, 7.0, 3.5]]
+    result = one_way_anova(groups)
+    reference = f_oneway(*groups)
+    assert result["df"] == [2, 6]
+    assert result["f"] == pytest.approx(reference.statistic) and result["p"] == pytest.approx(reference.pvalue)
+    within = sum((x - statistics.mean(g)) ** 2 for g in groups for x in g) / 6
+    assert result["within_std"] == pytest.approx(math.sqrt(within))
+    assert one_way_anova([[1.0, 1.0], [3.0, 3.0]])["f"] is None  # no spread inside the groups: no F
 
 
 def test_results_name_the_library_versions_they_were_computed_with():

@@ -4,7 +4,7 @@ accuracy   grouped bars, one group per column (dataset), one bar per method, err
 loss       training loss against optimiser step, one panel per training dataset, one line per method (mean over
            the seeds at the steps every seed logged)
 
-Called by `kpod.experiment.write_report`; both return the written path, or None when there is nothing to draw.
+Called by `kpod.experiment.report.write_report`; both return the written path, or None when there is nothing to draw.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from kpod.experiment.report import table_columns  # noqa: E402
+
 
 def plot_accuracy(exp, agg: dict, path: Path, label: Callable) -> Path | None:
-    from kpod.experiment import table_columns
-
     methods = [m for m in agg if m != "zero_shot"] + (["zero_shot"] if "zero_shot" in agg else [])
     columns = table_columns(exp, agg, methods)
     if not methods or not columns:
