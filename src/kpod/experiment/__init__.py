@@ -36,6 +36,9 @@ mean over seeds). Layout of the experiment file:
       kpod_wo_sig: {label: KPOD-w.o.-sig, overrides: {train.method: kpod, kpod.token_weights: false}}
     tables:
       - {title: "Table 1", methods: [zero_shot, plain, scotd, kpod]}   # zero_shot: the un-distilled student
+
+Modules: `config` (the experiment file), `cells` (planning, running and reading one cell), `stats` (intervals, the
+paired test, the ANOVA), `report` (the tables, `write_report`), `plots`; this one runs the grid.
 """
 
 from __future__ import annotations
