@@ -7,7 +7,7 @@ its peak resident memory (the kernel's high-water mark) is its own. Reported: re
 data are loaded, the peak over training, and the time per step and tokens per second (non-pad tokens).
 Length-grouped batches (the default) put the longest batch first, so a few steps reach the peak.
 
-    python bench/train_memory.py                     # writes results/train_memory.{json,md}
+    python bench/train_memory.py --steps 16          # writes results/train_memory.{json,md}
     python bench/train_memory.py --steps 6 --variants default gradient_checkpointing
 """
 
@@ -29,6 +29,7 @@ VARIANTS = {  # TrainConfig overrides on top of configs/default.yaml's train sec
     "default": {},
     "gradient_checkpointing": {"gradient_checkpointing": True},
     "batch 4 x 2 accumulated": {"batch_size": 4, "grad_accum": 2},  # the same examples per optimiser step
+    "batch 2 x 4 accumulated": {"batch_size": 2, "grad_accum": 4},
     "packing": {"packing": True, "group_by_length": False},
 }
 
