@@ -89,17 +89,19 @@ def write(rows: list[dict], meta: dict, out: Path) -> None:
           "batch, SVAMP GPT-3.5 examples, each variant in its own process. Loaded: resident memory with the model and "
           "data loaded, before training; peak: the process's high-water mark over training. Tokens: non-pad tokens "
           "through the model.", "",
-          "| variant | steps | examples/step | loaded (MB) | peak (MB) | peak − loaded (MB) | s/step | tokens/s |",
-          "|---|---|---|---|---|---|---|---|"]
+          "| variant | train.* overrides | steps | examples/step | loaded (MB) | peak (MB) | peak − loaded (MB) | s/step "
+          "| tokens/s |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        md.append(f"| {r['variant']} | {r['steps']} | {r['examples_per_step']} | {r['rss_loaded_mb']:.0f} | "
+        overrides = ", ".join(f"{k} {v}" for k, v in r["overrides"].items()) or "–"
+        md.append(f"| {r['variant']} | {overrides} | {r['steps']} | {r['examples_per_step']} | {r['rss_loaded_mb']:.0f} | "
                   f"{r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] - r['rss_loaded_mb']:.0f} | {r['s_per_step']} | "
                   f"{r['tokens_per_s']} |")
     if base["variant"] == "default":
         md += ["", "Against the default: " + "; ".join(
             f"{r['variant']} {100 * (r['peak_rss_mb'] / base['peak_rss_mb'] - 1):+.0f} % peak memory, "
             f"{100 * (r['tokens_per_s'] / base['tokens_per_s'] - 1):+.0f} % tokens/s" for r in rows[1:]) + "."]
-    md += ["", f"Machine: {machine_label(meta['machine'])}; commit {meta['commit']}.", ""]
+    md += ["", "Packing draws random batches (group_by_length off), so its batches hold other examples than the rest.",
+           "", f"Machine: {machine_label(meta['machine'])}; commit {meta['commit']}.", ""]
     out.with_suffix(".md").write_text("\n".join(md))
 
 
