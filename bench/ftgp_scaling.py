@@ -6,7 +6,7 @@ time excluded and measured separately, in a fresh cache), queries/n, the number 
 same for the lazy cost-benefit greedy + best singleton; then the log-log slope of time against n.
 
     PYTHONPATH=src python bench/ftgp_scaling.py                     # full run, a few minutes on 2 cores
-    PYTHONPATH=src python bench/ftgp_scaling.py --sizes 1000 10000 --repeats 2 --out-dir /tmp/ftgp
+    PYTHONPATH=src python bench/ftgp_scaling.py --sizes 1000 10000 --repeats 2 --out-dir runs/ftgp_scaling
 
 Writes results/ftgp_scaling.json (numbers plus machine info) and results/ftgp_scaling.md (tables).
 """

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def timed_sample(ds, tok, batches_per_order: int, seed: int) -> dict:
         model, _ = load_student("smollm2-135m-instruct")
         model = add_lora(model, 16, 32, 0.05, TARGETS)
         cfg = TrainConfig(epochs=1, batch_size=BATCH, lr=2e-4, warmup_steps=0, save_steps=10_000, logging_steps=10_000)
-        trainers[name] = build_trainer(model, tok, ds, cfg, Path("/tmp") / f"kpod-bench-mcc-{name}", seed,
+        trainers[name] = build_trainer(model, tok, ds, cfg, Path(tempfile.gettempdir()) / f"kpod-bench-mcc-{name}", seed,
                                        trainer_cls=MccKdTrainer, consistency_weight=0.1, group_pairs_by_length=grouped)
         orders[name] = list(trainers[name].get_train_dataloader())
     n = len(orders["random_pairs"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def main() -> None:
     cfg = TrainConfig(epochs=1, batch_size=8, warmup_steps=0, save_steps=10_000, logging_steps=10_000,
                       torch_compile=mode == "compile", packing=mode.startswith("pack"),
                       group_by_length=mode != "pack_random")
-    trainer = build_trainer(model, tok, DistillDataset(examples), cfg, Path("/tmp/kpod-step-times"), 0)
+    trainer = build_trainer(model, tok, DistillDataset(examples), cfg, Path(tempfile.gettempdir()) / "kpod-step-times", 0)
     timer = StepTimes()
     trainer.add_callback(timer)
     trainer.args.max_steps, trainer.args.save_strategy = steps, "no"

@@ -22,6 +22,7 @@ import json
 import os
 import random
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -132,7 +133,7 @@ def main() -> None:
     for block in range(a.blocks):
         runs["comparator"].append(run_comparator(ds, collate, a.steps, seed=block))
         for v in a.variants:
-            runs[v].append(run_kpod(ds, tok, a.steps, block, Path("/tmp") / "kpod-bench-train", VARIANTS[v]))
+            runs[v].append(run_kpod(ds, tok, a.steps, block, Path(tempfile.gettempdir()) / "kpod-bench-train", VARIANTS[v]))
         print(json.dumps({k: v[-1] for k, v in runs.items()}), flush=True)
 
     def total(name):
