@@ -34,14 +34,6 @@ VARIANTS = {  # TrainConfig overrides on top of configs/default.yaml's train sec
 }
 
 
-def rss_mb() -> float:
-    """Resident memory of this process now (MB)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def measure_one(variant: str, steps: int) -> dict:
     """Train `steps` optimiser steps with one variant in this process; returns its numbers."""
     import torch
@@ -49,7 +41,7 @@ def measure_one(variant: str, steps: int) -> dict:
     from kpod.config import load_config
     from kpod.distill.dataset import DistillDataset
     from kpod.distill.examples import encode_examples
-    from kpod.distill.trainer import build_trainer, peak_rss_mb
+    from kpod.distill.trainer import build_trainer, current_rss_mb, peak_rss_mb
     from kpod.models import add_lora, load_student
     from kpod.pipeline import collect_rationales
 
@@ -64,7 +56,7 @@ def measure_one(variant: str, steps: int) -> dict:
     examples, _ = encode_examples(tok, {q.id: q for q in questions}, rationales, prompt_template=d.prompt_template,
                                   target_template=d.target_template, splitter=d.splitter, max_length=d.max_length,
                                   progress=False, answer_choice_text=d.answer_choice_text)
-    loaded = rss_mb()
+    loaded = current_rss_mb()
     with tempfile.TemporaryDirectory() as out:
         trainer = build_trainer(model, tok, DistillDataset(examples), train_cfg, Path(out), cfg.seed)
         trainer.args.max_steps = steps
@@ -75,7 +67,7 @@ def measure_one(variant: str, steps: int) -> dict:
     return {"variant": variant, "overrides": VARIANTS[variant], "steps": trainer.state.global_step,
             "examples_per_step": train_cfg.batch_size * train_cfg.grad_accum, "tokens": trainer.tokens_seen,
             "wall_s": round(wall, 1), "s_per_step": round(wall / max(1, trainer.state.global_step), 2),
-            "tokens_per_s": round(trainer.tokens_seen / wall, 1), "rss_loaded_mb": round(loaded, 1),
+            "tokens_per_s": round(trainer.tokens_seen / wall, 1), "rss_loaded_mb": loaded,
             "peak_rss_mb": round(peak_rss_mb(), 1), "final_loss": trainer.state.log_history[-1].get("train_loss")}
 
 

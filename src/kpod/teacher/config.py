@@ -18,8 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from kpod.config import load_yaml_model
-from kpod.teacher.backends import backend_class, backend_names
 from kpod.data.prompts import DEFAULT_PROMPT
+from kpod.teacher.backends import backend_class, backend_names
 
 
 class _Strict(BaseModel):
