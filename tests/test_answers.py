@@ -337,12 +337,24 @@ def test_normalize_choice_gold():
 def test_answers_match():
     assert answers_match("51", normalize_gold(51.0, "svamp"), "svamp")
     assert answers_match("0.3333333333", "1/3", "number")
-    assert answers_match("1000000.05", "1000000", "number")  # within 1e-4 relative
     assert not answers_match("100.1", "100", "number")
-    assert answers_match("0.00005", "0", "number") and not answers_match("0.0002", "0", "number")
+    # equal values only: a relative tolerance would let an off-by-one answer pass for a large gold
+    assert not answers_match("10001", "10000", "number") and not answers_match("1000000.05", "1000000", "number")
+    assert answers_match("2880000", "2,880,000", "number") and answers_match("-3.50", "-3.5", "number")
+    assert not answers_match("0.00005", "0", "number") and not answers_match("70.005", "70", "number")
     assert not answers_match(None, "5", "gsm8k") and not answers_match("5", None, "gsm8k")
     assert not answers_match("five", "5", "gsm8k")
     assert answers_match("c", "C", "csqa") and not answers_match("B", "C", "csqa")
+
+
+def test_two_choices_with_the_gold_text_both_count():
+    choices = ["indestructible", "breakable", "fragile", "Indestructible ", "soft"]
+    gold = normalize_gold("indestructible", "csqa", choices)
+    assert gold == "A"  # the release gives the gold as text: the first option that reads so
+    assert answers_match("D", gold, "csqa", choices) and answers_match("a", gold, "csqa", choices)
+    assert not answers_match("D", gold, "csqa") and not answers_match("B", gold, "csqa", choices)
+    assert not answers_match("F", gold, "csqa", choices) and not answers_match("", gold, "csqa", choices)
+    assert not answers_match("5", "6", "number", ["5", "6"])  # numbers are never read as options
 
 
 # ----------------------------------------------------------------------------- registry

@@ -58,7 +58,7 @@ def load_user_jsonl(
             rationales.append(
                 Rationale(
                     id=qid, rationale=r.strip(), teacher=USER_TEACHER, answer=pred, gold=gold,
-                    correct=answers_match(pred, gold, answer_type), sample=k,
+                    correct=answers_match(pred, gold, answer_type, choices), sample=k,
                 )
             )
     if not questions:

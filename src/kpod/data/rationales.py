@@ -158,7 +158,7 @@ def import_rationales(
                 meta["text_agrees"] = answers_match(in_text, pred, dataset)
             else:
                 pred = in_text
-            correct = answers_match(pred, q.answer, dataset)
+            correct = answers_match(pred, q.answer, dataset, q.choices)
             if correct and spec.consistent and not spec.consistent(text, q.answer, dataset):
                 correct = False
                 meta["inconsistent_reasoning"] = True

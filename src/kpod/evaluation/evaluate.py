@@ -99,7 +99,7 @@ def evaluate_questions(
     rows, n_correct, n_strict_correct, n_no_answer = [], 0, 0, 0
     for q, out in zip(questions, outputs):
         det = extract_answer_details(out, dataset, q.choices)
-        correct = answers_match(det.answer, q.answer, dataset)
+        correct = answers_match(det.answer, q.answer, dataset, q.choices)
         n_correct += correct
         n_strict_correct += correct and det.source == "strict"
         n_no_answer += det.answer is None

@@ -158,7 +158,7 @@ class ZeroShotCoT:
                                     "contrast_answer": explained.contrast, "strength": self.cfg.rationalize.strength}
             if explained.answer != question.answer:
                 meta["gold_answer"] = question.answer
-        correct = answers_match(predicted, explained.answer, self.kind)
+        correct = answers_match(predicted, explained.answer, self.kind, choices)
         rationale = Rationale(id=question.id, rationale=reasoning, teacher=self.cfg.model, answer=predicted,
                               gold=explained.answer, correct=correct, sample=sample, meta=meta)
         if not reasoning:
