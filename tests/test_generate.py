@@ -22,6 +22,18 @@ def test_answer_sentence_detection():
     assert trim_output("x = 2.\n\nQ: made up") == "x = 2."
 
 
+def test_prose_that_says_answer_is_neither_stops_nor_cuts_the_output():
+    rule = StopRule({0})
+    assert not rule.finished("240. However, this answer is incorrect. L")
+    assert not rule.finished("Another way to verify the answer is to note that 25 + 20 gives 45. T")
+    text = "25 + 20 = 45. Another way to check the answer is to note that 20 + 25 = 45. Therefore, the answer is 45. Q"
+    assert trim_output(text) == text[:-2]
+    for done in ("The answer is $1,234. M", "The answer is (B). M", "The answer is B. M", "The answer is: **45**. M",
+                 "The answer is \u22123. M", "Therefore, the answer is library. M", "answer is 45 apples. M"):
+        assert rule.finished(done), done
+    assert not rule.finished("the answer is library. M")  # no number or letter: generation goes on
+
+
 def test_batched_equals_one_at_a_time_and_computes_only_useful_tokens(smol_tokenizer):
     torch.manual_seed(0)
     model = build_tiny_model("llama", smol_tokenizer, seed=3)

@@ -27,8 +27,13 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from kpod.models import is_seq2seq
 
 # "...the answer is 12." followed by more text: the answer sentence is complete. A decimal point is never followed by
-# whitespace, so "3.5" does not stop early.
-ANSWER_DONE = re.compile(r"answer is[^\n]*?\.\s", re.IGNORECASE)
+# whitespace, so "3.5" does not stop early. Only an answer sentence counts: the target's "Therefore, the answer is",
+# or "answer is" followed at once by a number or a choice ("$12", "-3", "(B)", "B."), not prose that happens to say
+# "answer is" ("this answer is wrong. ", "the answer is to add 25 to 20. ").
+ANSWER_DONE = re.compile(
+    r"(?:therefore, the answer is|answer is:?\s*(?:\*\*)?\s*(?=[-\u2212$(]?\d|\(?(?-i:[A-E])\b))[^\n]*?\.\s",
+    re.IGNORECASE,
+)
 RUN_ON = re.compile(r"\n\s*Q:")
 _TAIL_TOKENS = 24  # enough of the tail to see a finished answer sentence
 # transformers 5.x renamed a model's KV-cache argument and output from `past_key_values` to `cache` (the old name
