@@ -278,10 +278,11 @@ def main() -> None:
     examples = pipe.stage_encode(tok, questions, rationales)
     shutil.rmtree(work, ignore_errors=True)
     seq2seq = is_seq2seq(model)
-    usable = [e for e in weighting_examples(tok, examples, questions, seq2seq) if e.rationale_ids and e.answer_ids]
+    usable = [e for e in weighting_examples(tok, examples, questions, seq2seq, cfg.data.answer_choice_text,
+                                                 cfg.data.target_template) if e.rationale_ids and e.answer_ids]
     inputs = usable[: a.examples]
 
-    cue_ids = answer_cue_ids(tok, seq2seq)
+    cue_ids = answer_cue_ids(tok, seq2seq, cfg.data.target_template)
     cue = torch.tensor(cue_ids, dtype=torch.long)
     mask_vector = mean_input_embedding(model.get_input_embeddings())
     trained, learned = None, None

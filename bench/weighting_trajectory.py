@@ -50,14 +50,15 @@ def run_seed(cfg, seed: int, tok, model, examples, questions, every: int) -> dic
     wcfg = cfg.kpod.weighting.model_copy(update={"seed": seed})
     trace: list[dict] = []
     seq2seq = is_seq2seq(model)
-    weighting_inputs = weighting_examples(tok, examples, questions, seq2seq)
+    weighting_inputs = weighting_examples(tok, examples, questions, seq2seq, cfg.data.answer_choice_text,
+                                          cfg.data.target_template)
 
     def on_step(step: int, module) -> None:
         if (step + 1) % every == 0 or step + 1 == wcfg.max_steps:
             trace.append({"step": step + 1, **snapshot(module, tok, examples, weighting_inputs, wcfg.inference_batch_size)})
             print(json.dumps({"seed": seed, **trace[-1]}), flush=True)
 
-    cue = answer_cue_ids(tok, seq2seq)
+    cue = answer_cue_ids(tok, seq2seq, cfg.data.target_template)
     t0 = time.perf_counter()
     fit = fit_weighting_module(weighting_inputs, model.get_input_embeddings(), model,
                                wcfg, answer_cue_ids=cue, progress=False, on_step=on_step)

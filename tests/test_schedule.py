@@ -212,3 +212,23 @@ def test_schedule_argument_checks():
         compute_schedule(values, n_steps, clusters, num_stages=4, T=0)
     with pytest.raises(ValueError, match="zero_cost"):
         compute_schedule(values, n_steps, clusters, num_stages=4, zero_cost="sometimes")
+
+
+def test_stage_coverage_warns_when_no_reached_stage_trains_the_whole_rationale(caplog):
+    from kpod.curriculum.stages import stage_coverage
+
+    caplog.set_level("WARNING", logger="kpod.curriculum.stages")
+    # the default split, 84 steps in 4 stages with T = 2: stages 2 and 3 train whole rationales
+    assert stage_coverage(84, 21, [False, False, True, True], "kpod") == {"stages_reached": 4,
+                                                                        "whole_target_trained": True}
+    assert not caplog.records
+    # one epoch in one stage: T = 1 is never reached (c_i(0) = n_i - 1 throughout)
+    schedule = compute_schedule(np.ones(6), np.array([3, 2, 1]), np.zeros(3, dtype=int), 1)
+    assert schedule.given_steps.tolist() == [[2, 1, 0]]
+    assert stage_coverage(40, 40, [False], "kpod")["whole_target_trained"] is False
+    assert "trains the whole rationale" in caplog.text
+    caplog.clear()
+    # 9 steps in 4 stages of ceil(9 / 4) = 3 steps: stage 3, the only whole one (T = 3), is never reached
+    assert stage_coverage(9, 3, [False, False, False, True], "kpod") == {"stages_reached": 3,
+                                                                       "whole_target_trained": False}
+    assert caplog.records

@@ -646,3 +646,24 @@ def test_seq2seq_predictor_lets_the_module_keep_digits_and_mask_filler(pretraine
     assert all(torch.equal(v, after[k]) for k, v in before.items())  # LoRA trains a copy; frozen trains nothing
     if mode == "lora":
         assert type(fit.predictor).__name__ == "PeftModelForSeq2SeqLM"
+
+
+def test_the_weighting_predictor_reads_the_targets_own_cue_and_answer_format(smol_tokenizer):
+    from kpod.curriculum.stages import answer_cue_ids, weighting_examples
+    from kpod.data.prompts import DEFAULT_TARGET, answer_statement
+    from kpod.data.records import Question
+    from kpod.distill.examples import EncodedExample
+
+    assert answer_statement(DEFAULT_TARGET) == (" Therefore, the answer is", " {answer}.")
+    template = "Reasoning: {rationale}\nSo the answer is: {answer}!"
+    assert answer_statement(template) == ("\nSo the answer is:", " {answer}!")
+    with pytest.raises(ValueError, match="after"):
+        answer_statement("{answer} because {rationale}")
+    tok = smol_tokenizer
+    example = EncodedExample("q1#t#0", "q1", tok("Q: x? A:").input_ids, tok(" 2 + 3 = 5.").input_ids, [(0, 6)], 6)
+    questions = {"q1": Question(id="q1", question="x?", answer="5", dataset="custom")}
+    (default,) = weighting_examples(tok, [example], questions)
+    (custom,) = weighting_examples(tok, [example], questions, template=template)
+    assert default.answer_ids == tok(" 5.", add_special_tokens=False).input_ids
+    assert custom.answer_ids == tok(" 5!", add_special_tokens=False).input_ids
+    assert answer_cue_ids(tok, template=template) == tok("\nSo the answer is:", add_special_tokens=False).input_ids

@@ -320,7 +320,8 @@ class Pipeline:
             predictor, _ = load_student(cfg.student.name)  # a separate copy: the student stays un-distilled
             predictor = predictor.to(dist.device())  # on a GPU machine the mask learning runs there, not on the CPU
             ks.run_weighting(tokenizer, examples, questions, predictor, cfg.kpod, self.paths.weighting_dir,
-                             self.progress, answer_choice_text=cfg.data.answer_choice_text)
+                             self.progress, answer_choice_text=cfg.data.answer_choice_text,
+                             template=cfg.data.target_template)
 
         self.cached("weigh", self._weigh_fingerprint(), work, output=self.paths.weighting_dir,
                     shared_key=self._weights_key())

@@ -24,7 +24,7 @@ from kpod.config import KpodSettings, RunConfig
 from kpod.curriculum.clusters import cluster_questions
 from kpod.curriculum.difficulty import step_difficulties, target_token_nll
 from kpod.curriculum.schedule import compute_schedule
-from kpod.data.prompts import target_answer
+from kpod.data.prompts import DEFAULT_TARGET, answer_statement, target_answer
 from kpod.data.records import Question
 from kpod.distill.examples import EncodedExample
 from kpod.models import is_seq2seq
@@ -34,24 +34,25 @@ from kpod.weighting.report import write_weighting_report
 from kpod.weighting.train import train_token_weighting
 
 log = logging.getLogger(__name__)
-ANSWER_CUE = " Therefore, the answer is"
 
 
 # ----------------------------------------------------------------------------- weigh
 def weighting_examples(tokenizer, examples: list[EncodedExample], questions: dict[str, Question],
-                       seq2seq: bool = False, answer_choice_text: bool = False) -> list[WeightingExample]:
+                       seq2seq: bool = False, answer_choice_text: bool = False,
+                       template: str = DEFAULT_TARGET) -> list[WeightingExample]:
     """The predictor reads [question prompt][masked rationale prefix][cue][answer] (answer scored; stated as the
-    targets state it, `answer_choice_text`).
+    targets state it: the target `template`'s format, `answer_choice_text`).
 
     seq2seq: for an encoder-decoder predictor, whose encoder reads question, rationale and cue as one input; the
     end token that its tokenizer puts after the prompt (T5's "</s>") is left out here and follows the cue instead
     (`answer_cue_ids`), where the model was trained to see it.
     """
     eos = tokenizer.eos_token_id
+    answer_format = answer_statement(template)[1]
     out = []
     for ex in examples:
         answer = target_answer(questions[ex.question_id], answer_choice_text)
-        answer_ids = tokenizer(f" {answer}.", add_special_tokens=False).input_ids
+        answer_ids = tokenizer(answer_format.format(answer=answer), add_special_tokens=False).input_ids
         question_ids = ex.prompt_ids
         if seq2seq and question_ids and question_ids[-1] == eos:
             question_ids = question_ids[:-1]
@@ -59,10 +60,11 @@ def weighting_examples(tokenizer, examples: list[EncodedExample], questions: dic
     return out
 
 
-def answer_cue_ids(tokenizer, seq2seq: bool = False) -> list[int]:
-    """The ids of the cue between rationale and answer; an encoder-decoder's encoder input ends with it, and so
-    with the end token."""
-    ids = tokenizer(ANSWER_CUE, add_special_tokens=False).input_ids
+def answer_cue_ids(tokenizer, seq2seq: bool = False, template: str = DEFAULT_TARGET) -> list[int]:
+    """The ids of the target `template`'s cue between rationale and answer (" Therefore, the answer is"); an
+    encoder-decoder's encoder input ends with it, and so with the end token."""
+    cue = answer_statement(template)[0]
+    ids = tokenizer(cue, add_special_tokens=False).input_ids if cue else []
     if seq2seq and tokenizer.eos_token_id is not None:
         ids = ids + [tokenizer.eos_token_id]
     return ids
@@ -76,11 +78,12 @@ def weighted_rationales(tokenizer, examples: list[EncodedExample], weights: list
 
 
 def run_weighting(tokenizer, examples, questions, predictor, settings: KpodSettings, out_dir: Path,
-                  progress: bool = True, answer_choice_text: bool = False) -> list[np.ndarray]:
+                  progress: bool = True, answer_choice_text: bool = False,
+                  template: str = DEFAULT_TARGET) -> list[np.ndarray]:
     t0 = time.time()
     seq2seq = is_seq2seq(predictor)
-    cue = answer_cue_ids(tokenizer, seq2seq)
-    inputs = weighting_examples(tokenizer, examples, questions, seq2seq, answer_choice_text)
+    cue = answer_cue_ids(tokenizer, seq2seq, template)
+    inputs = weighting_examples(tokenizer, examples, questions, seq2seq, answer_choice_text, template)
     weights, stats = train_token_weighting(
         inputs, predictor.get_input_embeddings(), predictor, settings.weighting, answer_cue_ids=cue, progress=progress,
     )
@@ -147,6 +150,21 @@ def load_clusters(path: Path, examples) -> np.ndarray:
 
 def num_stages(cfg: RunConfig) -> int:
     return cfg.kpod.stages or max(1, math.ceil(cfg.train.epochs))
+
+
+def stage_coverage(total_steps: int, steps_per_stage: int, whole_target: list[bool], method: str) -> dict:
+    """Which stages a run's optimiser steps reach (stage = min(step // steps_per_stage, S - 1), as the staged
+    trainers count) and whether one of them trains every target whole. Warns when none does: with one stage, too
+    few steps, or T at or after the last stage reached, the student never learns to write a rationale from its
+    first step, which is what evaluation asks of it."""
+    reached = min(len(whole_target), math.ceil(total_steps / max(1, steps_per_stage)))
+    trains_whole = any(whole_target[:reached])
+    if not trains_whole:
+        log.warning("%s: none of the %d stage(s) that %d optimiser steps reach (of %d) trains the whole rationale; "
+                    "the student only ever learns the later steps. Train more epochs, or set kpod.stages >= 2 and "
+                    "kpod.full_difficulty_stage below the stages reached.", method, reached, total_steps,
+                    len(whole_target))
+    return {"stages_reached": reached, "whole_target_trained": trains_whole}
 
 
 def run_schedule(diffs: list[np.ndarray], clusters: np.ndarray, cfg: RunConfig, path: Path) -> np.ndarray:

@@ -46,3 +46,16 @@ def render_target(rationale: str, answer: str, template: str = DEFAULT_TARGET) -
     head = head.format(answer=answer)
     text = head + rationale + tail.format(answer=answer)
     return text, (len(head), len(head) + len(rationale))
+
+
+def answer_statement(template: str = DEFAULT_TARGET) -> tuple[str, str]:
+    """(cue, answer format) of what follows the rationale in a target template: " Therefore, the answer is" and
+    " {answer}." for the default. KPOD's weighting predictor reads the cue after the masked rationale and is scored
+    on the answer, both as the student's targets state them."""
+    tail = template.split("{rationale}", 1)[-1]
+    if "{answer}" not in tail:
+        raise ValueError(f"target template must state {{answer}} after {{rationale}} (KPOD's weighting predicts the "
+                         f"answer from the rationale): {template!r}")
+    before, after = tail.split("{answer}", 1)
+    cue = before.rstrip()
+    return cue, before[len(cue):] + "{answer}" + after
