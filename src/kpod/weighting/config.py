@@ -181,9 +181,10 @@ class WeightingConfig(LaterOptions, BaseModel):
     temperature_end: float = Field(
         0.5,
         gt=0.0,
-        description="Gumbel-Softmax temperature at the last step. Samples are hard (straight-through) at "
-        "every temperature; the temperature only scales the surrogate gradient, which grows as 1/tau, so "
-        "very low end values make late steps noisy.",
+        description="Gumbel-Softmax temperature at the last step. With hard_mask (straight-through) the samples "
+        "are 0/1 at every temperature and it only scales the surrogate gradient, which grows as 1/tau; with the "
+        "default relaxed samples it also sets how close to 0/1 they are (w = 0.9: 92 % of the samples lie "
+        "inside (0.01, 0.99) at tau 1, 52 % at 0.5). Very low end values make late steps noisy.",
     )
     temperature_schedule: TemperatureSchedule = Field(
         "exponential",
