@@ -19,6 +19,12 @@ from kpod.data.steps import split_steps, step_texts, step_token_spans
         ("Ends with space.  ", ["Ends with space.  "]),
         ("J. K. Rowling wrote 7 books. Done.", ["J. K. Rowling wrote 7 books.", " Done."]),
         ("Total is 1,200.50 dollars.\nThus 3.", ["Total is 1,200.50 dollars.", "\nThus 3."]),
+        # a unit ends a sentence before a capital letter, not before a lower-case word or a number
+        ("It takes 48 min. Then 10 sq ft. Total 58.", ["It takes 48 min.", " Then 10 sq ft.", " Total 58."]),
+        ("It is 5 ft. tall and 712 lbs. - 234 lbs.\n= 478 lbs.\nSo Dec. 5.",
+         ["It is 5 ft. tall and 712 lbs. - 234 lbs.\n= 478 lbs.", "\nSo Dec. 5."]),
+        ("Let the number be X.\nThen 3X = 9. So the answer is no. Done.",
+         ["Let the number be X.", "\nThen 3X = 9.", " So the answer is no.", " Done."]),
     ],
 )
 def test_split_on_periods(text, steps):

@@ -1,8 +1,9 @@
 """Split a rationale into reasoning steps and map each step to its tokens.
 
 The paper splits rationales on "." (Sec. 3.4). A period ends a step only when it is followed by whitespace or the
-end of the text, so decimals ("3.5", "$1.25") never split; neither do common abbreviations ("Mr.", "e.g.") nor list
-markers ("1. First ..."). Splitters are registered by name, so a user can add one:
+end of the text, so decimals ("3.5", "$1.25") never split; neither do titles and Latin abbreviations ("Mr.", "e.g."),
+list markers ("1. First ...") nor an initial within a line ("J. Smith"). A unit or month ("48 min.", "5 ft.", "Dec.")
+ends a step only before a capital letter ("48 min. Then ..." does, "5 ft. tall" does not). Splitters are registered by name, so a user can add one:
 
     >>> split_steps("He has 3.5 kg. Mr. Smith buys 2. So 5.5 kg.")
     [(0, 14), (14, 33), (33, 43)]          # character spans; whitespace belongs to the following step
@@ -16,14 +17,19 @@ from __future__ import annotations
 import re
 from typing import Callable, Sequence
 
-ABBREVIATIONS = {
-    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "a.m", "p.m", "no", "approx",
-    "inc", "ltd", "co", "mt", "ft", "oz", "lb", "lbs", "min", "hr", "hrs", "sec", "jan", "feb", "mar", "apr", "jun",
-    "jul", "aug", "sep", "sept", "oct", "nov", "dec", "u.s", "fig", "eq",
+# Never a sentence end: a title or a Latin abbreviation reads on ("Mr. Smith", "e.g. Tom").
+ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "vs", "e.g", "i.e", "u.s"}
+# A sentence end only when a capital letter follows: units, months and the like end sentences in maths rationales
+# ("... takes 48 min. Then ...") but also read on ("5 ft. tall", "Dec. 5").
+ABBREVIATIONS_BEFORE_LOWER = {
+    "etc", "a.m", "p.m", "no", "approx", "inc", "ltd", "co", "ft", "oz", "lb", "lbs", "min", "hr", "hrs", "sec",
+    "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "fig", "eq",
 }
 _PERIOD_END = re.compile(r"\.(?=\s|$)")
 _WORD_BEFORE = re.compile(r"([A-Za-z.]+)$")
 _LIST_MARKER = re.compile(r"(?:^|\n)\s*\d{1,2}$")
+_CAPITAL_NEXT = re.compile(r"\s+[A-Z]")
+_LINE_BREAK_NEXT = re.compile(r"[ \t]*\n")
 
 Splitter = Callable[[str], list[tuple[int, int]]]
 SPLITTERS: dict[str, Splitter] = {}
@@ -40,10 +46,13 @@ def register_splitter(name: str):
 def _is_boundary(text: str, dot: int) -> bool:
     before = text[:dot]
     word = _WORD_BEFORE.search(before)
-    if word and word.group(1).lower().strip(".") in ABBREVIATIONS:
+    abbreviation = word.group(1).lower().strip(".") if word else ""
+    if abbreviation in ABBREVIATIONS:
         return False
-    if word and len(word.group(1)) == 1 and word.group(1).isupper():  # an initial, as in "J. Smith"
-        return False
+    if abbreviation in ABBREVIATIONS_BEFORE_LOWER:
+        return bool(_CAPITAL_NEXT.match(text, dot + 1))
+    if word and len(word.group(1)) == 1 and word.group(1).isupper():  # an initial, as in "J. Smith", unless the
+        return bool(_LINE_BREAK_NEXT.match(text, dot + 1))          # line ends there ("... is X.\nThen")
     if _LIST_MARKER.search(before):  # "1." at the start of a line is an enumeration, not a sentence
         return False
     return True
