@@ -81,7 +81,19 @@ def test_aggregate_and_tables():
     assert lines[5] == "| plain CoT distillation | 12.00 ± 2.83 (n=2) | – |"
     assert lines[6] == f"| KPOD (ours) | 24.00 ± {statistics.stdev([20, 23, 29]):.2f} | 25.33 |"
     assert lines[7] == "| SCOTT | 30.00 (n=1) | – |" and lines[8] == "| SCoTD | – | – |"
+    assert lines[4] == "| no distillation (zero-shot CoT) | 2.00 (one run) | – |"  # one greedy run, not a spread
     assert format_cell(None, 3) == "–"
+
+
+def test_tables_average_the_counted_accuracy_not_the_rounded_one():
+    counts = [10, 10, 9]  # of 150: 6.666..., 6.666..., 6.0; stored rounded as 6.67, 6.67, 6.0
+    records = [{"method": "scotd", "seed": s, "accuracy": {"svamp": {"accuracy": round(100 * c / 150, 2),
+                                                                    "correct": c, "n": 150}}}
+               for s, c in enumerate(counts)]
+    stats = aggregate(records)["scotd"]["svamp"]
+    assert stats["mean"] == pytest.approx(100 * 29 / 450) and format_cell(stats, 3) == "6.44 ± 0.38"
+    assert format_cell(aggregate([{**r, "accuracy": {"svamp": {"accuracy": r["accuracy"]["svamp"]["accuracy"]}}}
+                                  for r in records])["scotd"]["svamp"], 3) == "6.45 ± 0.39"  # without counts
 
 
 def test_score_intervals_match_published_examples():
@@ -548,6 +560,7 @@ def test_other_splits_left_unset_keeps_the_fingerprints_of_finished_cells():
 def test_a_p_below_one_in_a_thousand_is_not_shown_as_zero():
     assert format_p(1 / 100_001) == "< 0.001"
     assert format_p(0.001) == "0.001" and format_p(0.1554) == "0.155"
+    assert format_p(0.0497) == "0.0497" and format_p(0.05) == "0.050"  # a p that passes 0.05 never reads 0.050
     spread = seed_spread_table([{"column": "svamp", "methods": ["a", "b"], "runs": 6, "seed_std": 1.3,
                                  "std_of_means": 5.0, "f": 43.9, "df": (3, 8), "p": 2e-5}], explain=False)
     assert spread.endswith("| 43.90 (3, 8) | < 0.001 |")

@@ -31,9 +31,9 @@ def aggregate(records: list[dict]) -> dict[str, dict[str, dict]]:
     values: dict[str, dict[str, dict[int, float]]] = {}
     for rec in records:
         for col, r in (rec.get("accuracy") or {}).items():
-            values.setdefault(rec["method"], {}).setdefault(col, {})[rec["seed"]] = r["accuracy"]
+            values.setdefault(rec["method"], {}).setdefault(col, {})[rec["seed"]] = exact_accuracy(r)
         for col, r in (rec.get("zero_shot_accuracy") or {}).items():
-            values.setdefault(ZERO_SHOT, {}).setdefault(col, {}).setdefault(rec["seed"], r["accuracy"])
+            values.setdefault(ZERO_SHOT, {}).setdefault(col, {}).setdefault(rec["seed"], exact_accuracy(r))
     out: dict[str, dict[str, dict]] = {}
     for method, cols in values.items():
         for col, by_seed in cols.items():
@@ -44,12 +44,28 @@ def aggregate(records: list[dict]) -> dict[str, dict[str, dict]]:
     return out
 
 
+def exact_accuracy(result: dict) -> float:
+    """100 * correct / n, not the stored accuracy rounded to two places, so that a table's mean and std agree with
+    the comparisons, which count answers (stored results without counts fall back to the rounded value)."""
+    if result.get("n") and result.get("correct") is not None:
+        return 100.0 * result["correct"] / result["n"]
+    return result["accuracy"]
+
+
 # ----------------------------------------------------------------------------- tables
 def format_cell(stats: dict | None, expected_n: int) -> str:
     if not stats or stats["n"] == 0:
         return "–"
     text = f"{stats['mean']:.2f}" if stats["n"] == 1 else f"{stats['mean']:.2f} ± {stats['std']:.2f}"
     return text + (f" (n={stats['n']})" if stats["n"] < expected_n else "")
+
+
+def format_one_run(stats: dict | None) -> str:
+    if not stats or stats["n"] == 0:
+        return "–"
+    if len(set(stats["values"])) > 1:  # evaluations that differ (another machine or library): show their spread
+        return format_cell(stats, stats["n"])
+    return f"{stats['values'][0]:.2f} (one run)"
 
 
 def table_columns(exp: ExperimentConfig, agg: dict, rows: list[str]) -> list[str]:
@@ -73,7 +89,10 @@ def markdown_table(exp: ExperimentConfig, spec: TableSpec, agg: dict) -> str:
     head = ["method"] + columns + [f"ref. {c}" for c in ref_cols]
     lines = [f"### {spec.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method in spec.methods:
-        cells = [format_cell(agg.get(method, {}).get(c), len(exp.seeds)) for c in columns]
+        if method == ZERO_SHOT:  # one greedy evaluation (every seed's cell reads the same cached one): no spread
+            cells = [format_one_run(agg.get(method, {}).get(c)) for c in columns]
+        else:
+            cells = [format_cell(agg.get(method, {}).get(c), len(exp.seeds)) for c in columns]
         refs = [f"{spec.reference[method][c]:.2f}" if c in spec.reference.get(method, {}) else "–" for c in ref_cols]
         lines.append("| " + " | ".join([row_label(exp, method)] + cells + refs) + " |")
     notes = ([f"ref.: {spec.reference_label}."] if ref_cols else []) + ([spec.note] if spec.note else [])
@@ -260,7 +279,7 @@ def comparison_table(exp: ExperimentConfig, rows: list[dict], heading: str | Non
     if paired:
         lines += ["", "Paired 95 % interval: the same difference taken question by question, since both methods "
                       "answered the same questions (each question's answers averaged over the seeds first; mean ± 1.96 "
-                      "standard errors over the questions). It leaves out the questions both get right or both miss, "
+                      "standard errors over the questions). The questions both get right or both miss add no difference, "
                       "so it is usually the narrower of the two; approximate when few questions are scored "
                       "differently. Paired p: a sign-flip permutation test over the questions scored differently "
                       "(exact up to 16 of them), which stays sound when they are few; where it is shown, the verdict "

@@ -49,8 +49,11 @@ def paired_difference_interval(a: np.ndarray, b: np.ndarray, z: float = 1.96) ->
 
 
 def format_p(p: float) -> str:
-    """A p value to three decimals; below 0.001 as such (a permutation test's or an ANOVA's p is never 0)."""
-    return f"{p:.3f}" if p >= 0.001 else "< 0.001"
+    """A p value to three decimals; below 0.001 as such (a permutation test's or an ANOVA's p is never 0). Just
+    below 0.05 it keeps a fourth decimal, so that a p that passes the 0.05 verdict never prints as 0.050."""
+    if p < 0.001:
+        return "< 0.001"
+    return f"{p:.4f}" if 0.0495 <= p < 0.05 else f"{p:.3f}"
 
 
 def sign_flip_p(a: np.ndarray, b: np.ndarray, resamples: int = 100_000, seed: int = 0) -> float:
