@@ -163,6 +163,22 @@ def test_counterfactual_text_swaps_the_answer_by_value():
     for answer in ["0", "1", "7", "250", "2.5"]:
         new = [perturb_number(answer, rng) for _ in range(20)]
         assert all(n != answer and float(n) >= 0 for n in new)
+    below = [float(perturb_number("-30", rng)) for _ in range(40)]  # a negative answer moves either way
+    assert min(below) < -30 < max(below) and all(abs(v + 30) <= 15 for v in below)
+
+
+def test_counterfactual_text_swaps_every_mention_of_the_answer():
+    # a comma after the answer is punctuation: "15," is the answer too, not part of a longer number
+    assert counterfactual_number_text("He had 15, so the total is 15.", "15", "16") == "He had 16, so the total is 16."
+    assert counterfactual_number_text("$1,000, that is 1,000.", "1000", "1001") == "$1001, that is 1001."
+    assert counterfactual_number_text("So 10,5 or 1,234.", "5", "6") is None  # digits after a comma: not 5
+    # a negative answer, written with a minus where no number precedes it; "5-47" subtracts 47
+    text = "x = -47, then 5-47 = -42. So -47."
+    assert counterfactual_number_text(text, "-47", "-45") == "x = -45, then 5-47 = -42. So -45."
+    assert counterfactual_number_text(text, "47", "48") == "x = -47, then 5-48 = -42. So -47."
+    # an option's text is edited as a word (or its plural), not inside another word
+    out = counterfactual_choice_text("A bedroom has a bed; beds go in (a) bed.", "A", "B", ["bed", "sofa"])
+    assert out == "A bedroom has a sofa; sofas go in (b) sofa."
 
 
 def test_counterfactual_rationales_reach_a_perturbed_answer(questions):

@@ -34,8 +34,9 @@ from kpod.data.prompts import CHOICE_LETTERS
 from kpod.data.records import Question, Rationale, read_jsonl
 from kpod.distill.examples import encode_examples, rationale_key
 
-# A number as written in a rationale: 1,234 / 12 / 2.5 (not part of a word or of a longer number).
-NUMBER = re.compile(r"(?<![\w.,])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\d,]|\.\d)")
+# A number as written in a rationale: 1,234 / 12 / 2.5 / -47 (not part of a word or of a longer number; a comma
+# after it is punctuation unless a digit follows; a minus only where no word or number precedes it, so "5-3" is 3).
+NUMBER = re.compile(r"(?<![\w.,])[-\u2212]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?!\d|,\d|\.\d)")
 
 
 # ----------------------------------------------------------------------------- loss
@@ -84,7 +85,7 @@ def perturb_number(answer: str, rng: np.random.Generator) -> str | None:
         return None
     span = max(1, int(abs(value) // 2))
     delta = int(rng.integers(1, span + 1))
-    new = value - delta if rng.random() < 0.5 and value - delta >= 0 else value + delta
+    new = value - delta if rng.random() < 0.5 and (value < 0 or value - delta >= 0) else value + delta
     return format_number(Fraction(new))
 
 
@@ -110,7 +111,7 @@ def counterfactual_number_text(text: str, answer: str, new_answer: str) -> str |
 
     def swap(m: re.Match) -> str:
         nonlocal found
-        if parse_number(m.group(0)) == target:
+        if parse_number(m.group(0).replace("\u2212", "-")) == target:
             found = True
             return new_answer
         return m.group(0)
@@ -120,9 +121,11 @@ def counterfactual_number_text(text: str, answer: str, new_answer: str) -> str |
 
 
 def counterfactual_choice_text(text: str, answer: str, new_answer: str, choices: list[str]) -> str | None:
-    """`text` with the chosen option's text and letter ("(b)", "B)") replaced by those of `new_answer`."""
+    """`text` with the chosen option's text (as a whole word, or its plural) and letter ("(b)") replaced by those of
+    `new_answer`."""
     old_i, new_i = CHOICE_LETTERS.index(answer.upper()), CHOICE_LETTERS.index(new_answer)
-    out, n_text = re.subn(re.escape(choices[old_i]), choices[new_i], text, flags=re.IGNORECASE)
+    option = re.compile(rf"(?<!\w){re.escape(choices[old_i])}(e?s)?(?!\w)", flags=re.IGNORECASE)
+    out, n_text = option.subn(lambda m: choices[new_i] + (m.group(1) or ""), text)
     out, n_letter = re.subn(rf"\(({answer.lower()}|{answer.upper()})\)", f"({new_answer.lower()})", out)
     return out if n_text + n_letter else None
 
