@@ -163,6 +163,7 @@ def test_kpod_run_with_a_curriculum(name, weights, tmp_path, tiny_llama_dir):
     assert ("weigh" in stages) == weights and "schedule" not in stages
     report = json.loads((run / "train" / "method.json").read_text())
     assert report["fractions"] == [0.5, 1.0] and report["token_weights"] == weights
+    assert report["every_example_trained" if name != "icl" else "whole_target_trained"] is True
     assert (run / "curriculum" / "initial_losses.json").exists() == (name != "icl")
     summary = json.loads((run / "train" / "summary.json").read_text())
     assert [s["stage"] for s in summary["kpod_stages"]] == [0, 1]
@@ -173,3 +174,28 @@ def test_every_curriculum_is_registered():
     assert [get_curriculum(n).label for n in curriculum_names()] == ["KPOD-ACL", "KPOD-SPL", "KPOD-ICL"]
     with pytest.raises(ValueError, match="unknown curriculum"):
         get_curriculum("baby_steps")
+
+
+def test_every_process_updates_the_scores_with_every_batch_and_the_cache_follows_the_targets(monkeypatch,
+                                                                                              short_examples):
+    from dataclasses import replace
+
+    from kpod import distributed as dist
+    from kpod.curricula import example_selection as es
+
+    index, losses = np.array([0, 3]), np.array([1.5, 2.5])
+    assert es.gathered_losses(index, losses) == (index, losses)  # one process: its own batch
+    monkeypatch.setattr(dist, "world_size", lambda: 2)
+    monkeypatch.setattr(dist, "gather", lambda part: part + [([5, 6], [0.5, 0.25])])  # the other process's batch
+    rows, values = es.gathered_losses(index, losses)
+    assert rows.tolist() == [0, 3, 5, 6] and values.tolist() == [1.5, 2.5, 0.5, 0.25]
+    scores = np.zeros(8)
+    ACL.update(scores, rows, values)
+    assert scores[[0, 3, 5, 6]].tolist() == [0.0] * 4  # ACL here has momentum 0
+    SPL.update(scores, rows, values)
+    assert scores.tolist() == [1.5, 0, 0, 2.5, 0, 0.5, 0.25, 0]
+    digest = es.targets_digest(short_examples)
+    assert digest == es.targets_digest(list(short_examples))
+    changed = [replace(short_examples[0], target_ids=short_examples[0].target_ids[:-2] + [7, 7])] + short_examples[1:]
+    assert es.targets_digest(changed) != digest  # another target: the cached initial losses are stale
+

@@ -70,7 +70,7 @@ def weighted_mean(nll: torch.Tensor, weights: torch.Tensor, normalization: str,
                   mask: torch.Tensor | None = None) -> torch.Tensor:
     """sum_j w_j nll_j / Z over the tokens where `mask` (N,) is true; Z = their count ("tokens") or their weight sum
     ("weights"), as in `kpod.distill.loss.weighted_nll`. No selected token gives a zero that still carries the graph
-    (so a batch whose examples are all left out is a step without an update, not an error)."""
+    (so a batch whose examples are all left out gives zero gradients, not an error)."""
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"loss normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     if mask is not None:

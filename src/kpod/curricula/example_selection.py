@@ -7,11 +7,13 @@ it), and it keeps the step count and the data order those of the other methods. 
 token-weighted loss over the selected examples' tokens.
 
 State (scores, the scores frozen at the current stage's start, the stage log) goes into every checkpoint
-(`curriculum_state.json`), so a resumed run selects exactly as the uninterrupted one would.
+(`curriculum_state.json`), so a resumed run selects exactly as the uninterrupted one would. Under several processes
+each one updates the scores with every process's batch losses, so all hold the same scores (as one process would).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from kpod import distributed as dist
 from kpod.baselines.common import TermLoggingTrainer, row_sums, supervised_tokens, token_nll, weighted_mean
 from kpod.baselines.registry import MethodContext, TrainingSetup
 from kpod.curricula.pacing import curriculum_pacing, kth_smallest, steps_per_stage
@@ -120,7 +123,7 @@ class ExampleCurriculumTrainer(TermLoggingTrainer):
         keep_tokens = torch.as_tensor(keep, device=tokens.rows.device)[tokens.rows]
         loss = weighted_mean(nll, tokens.weights, self.loss_normalization, mask=keep_tokens)
         if model.training:
-            self.selector.update(self.scores, index, losses)
+            self.selector.update(self.scores, *gathered_losses(index, losses))
         # The logged loss is the objective (0 for a batch with nothing selected); this is every example's mean loss.
         self.record(selected_share=float(keep.mean()), loss_all_examples=float(losses.mean()))
         return (loss, None) if return_outputs else loss
@@ -129,7 +132,7 @@ class ExampleCurriculumTrainer(TermLoggingTrainer):
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
         folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
-        if folder.exists():
+        if folder.exists() and self.is_world_process_zero():  # every process holds the same state
             folder.joinpath(STATE_FILE).write_text(json.dumps({
                 "scores": self.scores.tolist(), "stage": self.stage, "stage_scores": self.stage_scores.tolist(),
                 "stage_log": self.stage_log}))
@@ -145,20 +148,40 @@ class ExampleCurriculumTrainer(TermLoggingTrainer):
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
 
+def gathered_losses(index: np.ndarray, losses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every process's batch rows and losses of this step, in process order (this process's alone without others)."""
+    if dist.world_size() == 1:
+        return index, losses
+    parts = dist.gather([(np.asarray(index).tolist(), np.asarray(losses).tolist())])
+    return (np.concatenate([np.asarray(i, dtype=np.int64) for i, _ in parts]),
+            np.concatenate([np.asarray(v, dtype=np.float64) for _, v in parts]))
+
+
 # ----------------------------------------------------------------------------- setup shared by ACL and SPL
+def targets_digest(examples) -> str:
+    """What the initial losses depend on besides the student: every example's prompt and target ids."""
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(json.dumps([e.key, list(e.prompt_ids), list(e.target_ids)]).encode())
+    return h.hexdigest()[:16]
+
+
 def initial_scores(ctx: MethodContext) -> np.ndarray:
-    """Mean token NLL of every example under the un-distilled student (cached in curriculum/initial_losses.json)."""
+    """Mean token NLL of every example under the un-distilled student (cached in curriculum/initial_losses.json, and
+    recomputed when the student or any prompt or target changed; each process scores a share of the examples)."""
     path = ctx.paths.curriculum_dir / "initial_losses.json"
-    student = ctx.cfg.student.name
+    student, digest = ctx.cfg.student.name, targets_digest(ctx.examples)
     if path.exists():
         cached = json.loads(path.read_text())
-        if cached.get("student") == student and all(e.key in cached["losses"] for e in ctx.examples):
+        if cached.get("student") == student and cached.get("targets") == digest:
             return np.array([cached["losses"][e.key] for e in ctx.examples])
-    losses = example_losses(ctx.model, ctx.tokenizer, ctx.examples, ctx.cfg.curricula.scoring_batch_size,
-                            seq2seq=ctx.seq2seq)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"student": student, "losses": {e.key: round(float(v), 6)
-                                                               for e, v in zip(ctx.examples, losses)}}))
+    losses = np.asarray(dist.map_sharded(
+        lambda part: example_losses(ctx.model, ctx.tokenizer, part, ctx.cfg.curricula.scoring_batch_size,
+                                    seq2seq=ctx.seq2seq).tolist(), ctx.examples))
+    if dist.is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"student": student, "targets": digest,
+                                    "losses": {e.key: round(float(v), 6) for e, v in zip(ctx.examples, losses)}}))
     return losses
 
 
@@ -166,8 +189,16 @@ def example_curriculum_setup(ctx: MethodContext, selector: ExampleSelector) -> T
     scores = initial_scores(ctx)
     fractions = curriculum_pacing(ctx.cfg)
     per_stage = steps_per_stage(ctx.optimizer_steps(len(ctx.examples)), len(fractions))
+    steps = ctx.optimizer_steps(len(ctx.examples))
+    reached = min(len(fractions), -(-steps // per_stage))
+    every_example = bool((fractions[:reached] >= 1).any())
+    if not every_example:
+        log.warning("%s: none of the %d stage(s) that %d optimiser steps reach selects every example; the hardest "
+                    "%.0f %% are never trained. Train more epochs, or set kpod.stages >= 2.", selector.name, reached,
+                    steps, 100 * (1 - fractions[reached - 1]))
     report = {"curriculum": selector.name, "fractions": fractions.round(4).tolist(), "steps_per_stage": per_stage,
-              "initial_score_mean": round(float(scores.mean()), 4), "token_weights": ctx.token_weights is not None}
+              "initial_score_mean": round(float(scores.mean()), 4), "token_weights": ctx.token_weights is not None,
+              "stages_reached": reached, "every_example_trained": every_example}
     return TrainingSetup(ctx.examples, ExampleCurriculumTrainer, token_weights=ctx.token_weights, report=report,
                          trainer_kwargs={"selector": selector, "initial_scores": scores, "fractions": fractions,
                                          "steps_per_stage": per_stage})
