@@ -213,6 +213,20 @@ def test_specialized_kd_mixes_zero_shot_and_in_context_formats(multi_examples):
     assert answer_only(multi_examples[0]).answer_start == 0
 
 
+def test_specialized_kd_demonstrations_leave_out_their_special_tokens():
+    from kpod.baselines.specialized_kd import with_demonstrations
+    from kpod.distill.examples import EncodedExample
+
+    BOS, EOS, SEP = 1, 2, 9  # as a tokenizer that opens every prompt with BOS (Gemma) and ends targets with EOS
+    ex = EncodedExample("a#t#0", "a", [BOS, 10, 11], [12, 13, EOS], [(0, 1)], 1)
+    demo = EncodedExample("b#t#0", "b", [BOS, 20, 21], [22, 23, EOS], [(0, 1)], 1)
+    out = with_demonstrations(ex, [demo, demo], [SEP], frozenset({BOS, EOS}))
+    assert out.prompt_ids == [BOS, 20, 21, 22, 23, SEP, 20, 21, 22, 23, SEP, 10, 11] and out.target_ids == ex.target_ids
+    t5_like = EncodedExample("c#t#0", "c", [30, 31, EOS], [32, EOS], [(0, 1)], 1)  # a T5 prompt ends with "</s>"
+    assert with_demonstrations(ex, [t5_like], [SEP], frozenset({BOS, EOS})).prompt_ids == [BOS, 30, 31, 32, SEP, 10, 11]
+    assert with_demonstrations(ex, [demo], [SEP]).prompt_ids == [BOS, 20, 21, 22, 23, SEP, BOS, 10, 11]  # none named
+
+
 def test_supervised_tokens_know_row_and_target_offset(multi_examples, smol_tokenizer):
     ds = DistillDataset(multi_examples[:3])
     batch = PadCollator(smol_tokenizer.pad_token_id)([ds[i] for i in range(3)])

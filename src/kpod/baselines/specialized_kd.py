@@ -37,12 +37,27 @@ def answer_only(ex: EncodedExample) -> EncodedExample:
                    answer_start=0)
 
 
-def with_demonstrations(ex: EncodedExample, demos: list[EncodedExample], separator_ids: list[int]) -> EncodedExample:
-    """The example with `demos` (prompt + target without its end token + separator, each) before its prompt."""
-    prefix: list[int] = []
+def _strip(ids: list[int], special_ids: frozenset[int]) -> list[int]:
+    start, end = 0, len(ids)
+    while start < end and ids[start] in special_ids:
+        start += 1
+    while end > start and ids[end - 1] in special_ids:
+        end -= 1
+    return list(ids[start:end])
+
+
+def with_demonstrations(ex: EncodedExample, demos: list[EncodedExample], separator_ids: list[int],
+                        special_ids: frozenset[int] = frozenset()) -> EncodedExample:
+    """The example with `demos` (prompt + target without its end token + separator, each) before its prompt. Special
+    tokens at either end of a demonstration's prompt or target (`special_ids`: a BOS, T5's "</s>") are left out, and
+    the example's own leading ones go first, so that the sequence starts as a single prompt would."""
+    lead = 0
+    while lead < len(ex.prompt_ids) and ex.prompt_ids[lead] in special_ids:
+        lead += 1
+    prefix: list[int] = list(ex.prompt_ids[:lead])
     for d in demos:
-        prefix += d.prompt_ids + d.target_ids[:-1] + separator_ids
-    return replace(ex, key=ex.key + f"#icl{len(demos)}", prompt_ids=prefix + ex.prompt_ids)
+        prefix += _strip(d.prompt_ids, special_ids) + _strip(d.target_ids[:-1], special_ids) + separator_ids
+    return replace(ex, key=ex.key + f"#icl{len(demos)}", prompt_ids=prefix + ex.prompt_ids[lead:])
 
 
 def pick_demonstrations(i: int, examples: list[EncodedExample], k: int, rng: np.random.Generator) -> list[int]:
@@ -58,8 +73,9 @@ def pick_demonstrations(i: int, examples: list[EncodedExample], k: int, rng: np.
 
 
 def mix_formats(examples: list[EncodedExample], settings: SpecializedKdSettings, separator_ids: list[int],
-                seed: int) -> tuple[list[EncodedExample], dict]:
-    """One example per input example, each in its drawn format; a report of the format counts."""
+                seed: int, special_ids: frozenset[int] = frozenset()) -> tuple[list[EncodedExample], dict]:
+    """One example per input example, each in its drawn format; a report of the format counts. special_ids: the
+    tokenizer's special tokens, left out at the ends of each demonstration (`with_demonstrations`)."""
     rng = np.random.default_rng(seed)
     in_context = rng.random(len(examples)) < settings.in_context_fraction
     answer = rng.random(len(examples)) < settings.answer_only_fraction
@@ -74,10 +90,10 @@ def mix_formats(examples: list[EncodedExample], settings: SpecializedKdSettings,
             if answer[i]:
                 picked = [answer_only(d) for d in picked]
             # Drop demonstrations (last first) until the example fits.
-            while picked and len(with_demonstrations(target, picked, separator_ids)) > settings.max_length:
+            while picked and len(with_demonstrations(target, picked, separator_ids, special_ids)) > settings.max_length:
                 picked.pop()
             if picked:
-                target = with_demonstrations(target, picked, separator_ids)
+                target = with_demonstrations(target, picked, separator_ids, special_ids)
                 demos_used.append(len(picked))
                 formats[f"in_context_{kind}"] += 1
             else:
@@ -96,7 +112,8 @@ def setup(ctx: MethodContext) -> TrainingSetup:
     separator_ids = list(ctx.tokenizer(SEPARATOR, add_special_tokens=False).input_ids)
     if len({e.question_id for e in ctx.examples}) < 2 and settings.in_context_fraction > 0:
         raise ValueError("specialized_kd: in-context demonstrations need at least two training questions")
-    examples, report = mix_formats(ctx.examples, settings, separator_ids, ctx.cfg.seed)
+    examples, report = mix_formats(ctx.examples, settings, separator_ids, ctx.cfg.seed,
+                                   frozenset(ctx.tokenizer.all_special_ids))
     return TrainingSetup(examples, DistillTrainer, report=report)
 
 
