@@ -143,14 +143,14 @@ def test_in_sample_trainer_hides_the_scheduled_prefix(short_examples, smol_token
 
 
 # ----------------------------------------------------------------------------- kpod run
-@pytest.mark.parametrize("name,weights", [("acl", True), ("spl", False), ("icl", False)])
-def test_kpod_run_with_a_curriculum(name, weights, tmp_path, tiny_llama_dir):
+@pytest.mark.parametrize("name,weights,epochs", [("acl", True, 2), ("spl", False, 2), ("icl", False, 2), ("spl", False, 1)])
+def test_kpod_run_with_a_curriculum(name, weights, epochs, tmp_path, tiny_llama_dir):
     method = get_curriculum(name).name
     cfg = {
         "name": "tiny", "run_dir": str(tmp_path / "run"),
         "data": {"dataset": "svamp", "max_train_questions": 4},
         "student": {"name": str(tiny_llama_dir), "lora": {"rank": 4, "alpha": 8, "targets": ["q_proj", "v_proj"]}},
-        "train": {"method": method, "epochs": 2, "batch_size": 2, "save_steps": 50, "warmup_steps": 0, "lr": 1e-3},
+        "train": {"method": method, "epochs": epochs, "batch_size": 2, "save_steps": 50, "warmup_steps": 0, "lr": 1e-3},
         "eval": {"max_examples": 1, "max_new_tokens": 4, "batch_size": 1},
         "kpod": {"token_weights": weights, "weighting": {"max_steps": 2, "batch_size": 4, "hidden_size": 16,
                                                          "mlp_hidden_size": 16}},
@@ -162,11 +162,12 @@ def test_kpod_run_with_a_curriculum(name, weights, tmp_path, tiny_llama_dir):
     stages = json.loads((run / "stages.json").read_text())
     assert ("weigh" in stages) == weights and "schedule" not in stages
     report = json.loads((run / "train" / "method.json").read_text())
-    assert report["fractions"] == [0.5, 1.0] and report["token_weights"] == weights
-    assert report["every_example_trained" if name != "icl" else "whole_target_trained"] is True
+    assert report["fractions"] == [0.5, 1.0][:epochs] and report["token_weights"] == weights
+    # one epoch is one stage, at half the examples: the run says that it never trains on all of them
+    assert report["every_example_trained" if name != "icl" else "whole_target_trained"] is (epochs == 2)
     assert (run / "curriculum" / "initial_losses.json").exists() == (name != "icl")
     summary = json.loads((run / "train" / "summary.json").read_text())
-    assert [s["stage"] for s in summary["kpod_stages"]] == [0, 1]
+    assert [s["stage"] for s in summary["kpod_stages"]] == [0, 1][:epochs]
 
 
 def test_every_curriculum_is_registered():

@@ -175,8 +175,9 @@ def initial_scores(ctx: MethodContext) -> np.ndarray:
         cached = json.loads(path.read_text())
         if cached.get("student") == student and cached.get("targets") == digest:
             return np.array([cached["losses"][e.key] for e in ctx.examples])
+    model = ctx.model.to(dist.device())  # on a GPU machine the scoring runs there (as step difficulty does)
     losses = np.asarray(dist.map_sharded(
-        lambda part: example_losses(ctx.model, ctx.tokenizer, part, ctx.cfg.curricula.scoring_batch_size,
+        lambda part: example_losses(model, ctx.tokenizer, part, ctx.cfg.curricula.scoring_batch_size,
                                     seq2seq=ctx.seq2seq).tolist(), ctx.examples))
     if dist.is_main():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -188,14 +189,14 @@ def initial_scores(ctx: MethodContext) -> np.ndarray:
 def example_curriculum_setup(ctx: MethodContext, selector: ExampleSelector) -> TrainingSetup:
     scores = initial_scores(ctx)
     fractions = curriculum_pacing(ctx.cfg)
-    per_stage = steps_per_stage(ctx.optimizer_steps(len(ctx.examples)), len(fractions))
     steps = ctx.optimizer_steps(len(ctx.examples))
+    per_stage = steps_per_stage(steps, len(fractions))
     reached = min(len(fractions), -(-steps // per_stage))
     every_example = bool((fractions[:reached] >= 1).any())
     if not every_example:
-        log.warning("%s: none of the %d stage(s) that %d optimiser steps reach selects every example; the hardest "
-                    "%.0f %% are never trained. Train more epochs, or set kpod.stages >= 2.", selector.name, reached,
-                    steps, 100 * (1 - fractions[reached - 1]))
+        log.warning("%s: none of the %d stage(s) that %d optimiser steps reach selects every example (the last one "
+                    "%.0f %% of them). Train more epochs, or set kpod.stages >= 2.", selector.name, reached, steps,
+                    100 * fractions[reached - 1])
     report = {"curriculum": selector.name, "fractions": fractions.round(4).tolist(), "steps_per_stage": per_stage,
               "initial_score_mean": round(float(scores.mean()), 4), "token_weights": ctx.token_weights is not None,
               "stages_reached": reached, "every_example_trained": every_example}
