@@ -86,10 +86,10 @@ def _kpod_setup(ctx: MethodContext) -> TrainingSetup:
 
     if ctx.given_steps is None:
         raise ValueError("kpod needs the schedule of given steps (the pipeline's schedule stage)")
-    from kpod.curriculum.stages import stage_coverage
+    from kpod.curriculum.stages import stage_coverage, steps_per_stage
 
     steps = ctx.optimizer_steps(len(ctx.examples))
-    per_stage = max(1, math.ceil(steps / len(ctx.given_steps)))
+    per_stage = steps_per_stage(steps, len(ctx.given_steps))
     whole = [bool((stage == 0).all()) for stage in np.asarray(ctx.given_steps)]
     return TrainingSetup(
         ctx.examples, KpodTrainer, token_weights=ctx.token_weights,

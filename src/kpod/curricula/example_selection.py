@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from kpod import distributed as dist
 from kpod.baselines.common import TermLoggingTrainer, row_sums, supervised_tokens, token_nll, weighted_mean
 from kpod.baselines.registry import MethodContext, TrainingSetup
-from kpod.curricula.pacing import curriculum_pacing, kth_smallest, steps_per_stage
+from kpod.curricula.pacing import curriculum_pacing, kth_smallest
+from kpod.curriculum.stages import stage_coverage, steps_per_stage
 from kpod.distill.dataset import DistillDataset, PadCollator
 
 log = logging.getLogger(__name__)
@@ -191,15 +192,10 @@ def example_curriculum_setup(ctx: MethodContext, selector: ExampleSelector) -> T
     fractions = curriculum_pacing(ctx.cfg)
     steps = ctx.optimizer_steps(len(ctx.examples))
     per_stage = steps_per_stage(steps, len(fractions))
-    reached = min(len(fractions), -(-steps // per_stage))
-    every_example = bool((fractions[:reached] >= 1).any())
-    if not every_example:
-        log.warning("%s: none of the %d stage(s) that %d optimiser steps reach selects every example (the last one "
-                    "%.0f %% of them). Train more epochs, or set kpod.stages >= 2.", selector.name, reached, steps,
-                    100 * fractions[reached - 1])
     report = {"curriculum": selector.name, "fractions": fractions.round(4).tolist(), "steps_per_stage": per_stage,
               "initial_score_mean": round(float(scores.mean()), 4), "token_weights": ctx.token_weights is not None,
-              "stages_reached": reached, "every_example_trained": every_example}
+              **stage_coverage(steps, per_stage, [bool(f >= 1) for f in fractions], selector.name,
+                               what="selects every example", key="every_example_trained")}
     return TrainingSetup(ctx.examples, ExampleCurriculumTrainer, token_weights=ctx.token_weights, report=report,
                          trainer_kwargs={"selector": selector, "initial_scores": scores, "fractions": fractions,
                                          "steps_per_stage": per_stage})

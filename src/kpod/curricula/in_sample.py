@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from kpod.baselines.registry import MethodContext, MethodSpec, TrainingSetup
-from kpod.curricula.pacing import curriculum_pacing, steps_per_stage
-from kpod.curriculum.stages import stage_coverage
+from kpod.curricula.pacing import curriculum_pacing
+from kpod.curriculum.stages import stage_coverage, steps_per_stage
 from kpod.distill.kpod import StagedTrainer
 
 
@@ -45,11 +45,11 @@ class GivenTokensTrainer(StagedTrainer):
 def setup(ctx: MethodContext) -> TrainingSetup:
     fractions = curriculum_pacing(ctx.cfg)
     given = given_tokens_schedule(np.array([e.answer_start for e in ctx.examples]), fractions)
-    per_stage = steps_per_stage(ctx.optimizer_steps(len(ctx.examples)), len(fractions))
+    steps = ctx.optimizer_steps(len(ctx.examples))
+    per_stage = steps_per_stage(steps, len(fractions))
     report = {"curriculum": "in_sample", "fractions": fractions.round(4).tolist(), "steps_per_stage": per_stage,
               "mean_given_tokens": given.mean(axis=1).round(2).tolist(), "token_weights": ctx.token_weights is not None,
-              **stage_coverage(ctx.optimizer_steps(len(ctx.examples)), per_stage,
-                               [bool((stage == 0).all()) for stage in given], "kpod_icl")}
+              **stage_coverage(steps, per_stage, [bool((stage == 0).all()) for stage in given], "kpod_icl")}
     return TrainingSetup(ctx.examples, GivenTokensTrainer, token_weights=ctx.token_weights, report=report,
                          trainer_kwargs={"given_tokens": given, "steps_per_stage": per_stage})
 

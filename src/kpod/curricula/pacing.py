@@ -34,11 +34,6 @@ def curriculum_pacing(cfg: RunConfig) -> np.ndarray:
     return linear_pacing(stages, cfg.curricula.start_fraction, full)
 
 
-def steps_per_stage(total_steps: int, stages: int) -> int:
-    """Optimiser steps per stage, as KPOD's trainer splits a run."""
-    return max(1, math.ceil(total_steps / stages))
-
-
 def kth_smallest(values: np.ndarray, fraction: float) -> float:
     """The value below or at which the easiest `fraction` of `values` lies (the ceil(fraction * N)-th smallest);
     +inf when fraction >= 1 (everything)."""

@@ -152,19 +152,24 @@ def num_stages(cfg: RunConfig) -> int:
     return cfg.kpod.stages or max(1, math.ceil(cfg.train.epochs))
 
 
-def stage_coverage(total_steps: int, steps_per_stage: int, whole_target: list[bool], method: str) -> dict:
-    """Which stages a run's optimiser steps reach (stage = min(step // steps_per_stage, S - 1), as the staged
-    trainers count) and whether one of them trains every target whole. Warns when none does: with one stage, too
-    few steps, or T at or after the last stage reached, the student never learns to write a rationale from its
-    first step, which is what evaluation asks of it."""
-    reached = min(len(whole_target), math.ceil(total_steps / max(1, steps_per_stage)))
-    trains_whole = any(whole_target[:reached])
-    if not trains_whole:
-        log.warning("%s: none of the %d stage(s) that %d optimiser steps reach (of %d) trains the whole rationale; "
-                    "the student only ever learns the later steps. Train more epochs, or set kpod.stages >= 2 and "
-                    "kpod.full_difficulty_stage below the stages reached.", method, reached, total_steps,
-                    len(whole_target))
-    return {"stages_reached": reached, "whole_target_trained": trains_whole}
+def steps_per_stage(total_steps: int, stages: int) -> int:
+    """Optimiser steps per stage, as the staged trainers split a run (the last stage may get fewer)."""
+    return max(1, math.ceil(total_steps / stages))
+
+
+def stage_coverage(total_steps: int, per_stage: int, complete: list[bool], method: str,
+                   what: str = "trains the whole rationale", key: str = "whole_target_trained") -> dict:
+    """Which stages a run's optimiser steps reach (stage = min(step // per_stage, S - 1), as the staged trainers
+    count) and whether one of them is `complete` (trains every target whole; for the example curricula, selects
+    every example). Warns when none is: with one stage, too few steps, or T at or after the last stage reached, the
+    student never learns what evaluation asks of it (a whole rationale from the question alone)."""
+    reached = min(len(complete), math.ceil(total_steps / max(1, per_stage)))
+    done = any(complete[:reached])
+    if not done:
+        log.warning("%s: none of the %d stage(s) that %d optimiser steps reach (of %d) %s. Train more epochs, or set "
+                    "kpod.stages >= 2 and kpod.full_difficulty_stage below the stages reached.", method, reached,
+                    total_steps, len(complete), what)
+    return {"stages_reached": reached, key: done}
 
 
 def run_schedule(diffs: list[np.ndarray], clusters: np.ndarray, cfg: RunConfig, path: Path) -> np.ndarray:
