@@ -22,8 +22,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from kpod.data.datasets import load_split  # noqa: E402
 from kpod.evaluation.evaluate import evaluate_questions, git_commit, machine  # noqa: E402
+from kpod.experiment.cells import shown_run_dir  # noqa: E402
 from kpod.experiment.report import machine_label  # noqa: E402
-from kpod.models import load_student  # noqa: E402
+from kpod.models import load_student, load_tokenizer  # noqa: E402
 
 
 AT_LIMIT_SLACK = 5  # a cut output, decoded and tokenised again, can come out a few tokens shorter than the limit
@@ -111,14 +112,14 @@ def main() -> None:
               "note": f"at_limit counts outputs whose text, tokenised again, is within {AT_LIMIT_SLACK} tokens of the limit "
                       "(cut there); "
                       "answer_changed, gained and lost compare each limit with the first.",
-              "adapters": rows, "target_lengths": target_lengths(load_student(a.model)[1], limits)}
+              "adapters": rows, "target_lengths": target_lengths(load_tokenizer(a.model), limits)}
     print(write_report(result, Path(a.out)))
 
 
-def shown_path(path: str) -> str:
-    """A run folder as the results name it: from its `runs/` component on (no machine's own folders)."""
-    parts = Path(path).resolve().parts
-    return str(Path(*parts[parts.index("runs"):])) if "runs" in parts else str(Path(*parts[-4:]))
+def shown_path(adapter: str) -> str:
+    """An adapter (RUN/train/final) as the results name it: its run folder as the experiment reports name one."""
+    path = Path(adapter)
+    return str(Path(shown_run_dir(path.parent.parent)) / path.parent.name / path.name)
 
 
 def write_report(result: dict, out: Path) -> str:

@@ -37,10 +37,15 @@ def answer_only(ex: EncodedExample) -> EncodedExample:
                    answer_start=0)
 
 
+def _leading_specials(ids: list[int], special_ids: frozenset[int]) -> int:
+    n = 0
+    while n < len(ids) and ids[n] in special_ids:
+        n += 1
+    return n
+
+
 def _strip(ids: list[int], special_ids: frozenset[int]) -> list[int]:
-    start, end = 0, len(ids)
-    while start < end and ids[start] in special_ids:
-        start += 1
+    start, end = _leading_specials(ids, special_ids), len(ids)
     while end > start and ids[end - 1] in special_ids:
         end -= 1
     return list(ids[start:end])
@@ -51,9 +56,7 @@ def with_demonstrations(ex: EncodedExample, demos: list[EncodedExample], separat
     """The example with `demos` (prompt + target without its end token + separator, each) before its prompt. Special
     tokens at either end of a demonstration's prompt or target (`special_ids`: a BOS, T5's "</s>") are left out, and
     the example's own leading ones go first, so that the sequence starts as a single prompt would."""
-    lead = 0
-    while lead < len(ex.prompt_ids) and ex.prompt_ids[lead] in special_ids:
-        lead += 1
+    lead = _leading_specials(ex.prompt_ids, special_ids)
     prefix: list[int] = list(ex.prompt_ids[:lead])
     for d in demos:
         prefix += _strip(d.prompt_ids, special_ids) + _strip(d.target_ids[:-1], special_ids) + separator_ids

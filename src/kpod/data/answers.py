@@ -258,7 +258,7 @@ def _plain(text: str) -> str:
 
 def _letter(letter: str, choices: list[str] | None) -> str | None:
     """Upper-case letter if it names an existing choice (A-E, or fewer when choices are known)."""
-    index = CHOICE_LETTERS.find(letter.upper())
+    index = CHOICE_LETTERS.find(letter.upper()) if len(letter) == 1 else -1
     limit = len(choices) if choices else len(CHOICE_LETTERS)
     return CHOICE_LETTERS[index] if 0 <= index < limit else None
 
@@ -433,8 +433,8 @@ def answers_match(prediction: str | None, gold: str | None, dataset: str, choice
 
 
 def _same_choice_text(prediction: str, gold: str, choices: list[str]) -> bool:
-    def text(letter: str) -> str | None:
-        k = CHOICE_LETTERS.find(letter.strip().upper())
-        return " ".join(choices[k].lower().split()) if 0 <= k < len(choices) and letter.strip() else None
-
-    return text(prediction) is not None and text(prediction) == text(gold)
+    letters = [_letter(x.strip(), choices) for x in (prediction, gold)]
+    if None in letters:
+        return False
+    first, second = (" ".join(choices[CHOICE_LETTERS.index(x)].lower().split()) for x in letters)
+    return first == second
