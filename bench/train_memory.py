@@ -40,10 +40,9 @@ def measure_one(variant: str, steps: int) -> dict:
 
     from kpod.config import load_config
     from kpod.distill.dataset import DistillDataset
-    from kpod.distill.examples import encode_examples
     from kpod.distill.trainer import build_trainer, current_rss_mb, peak_rss_mb
     from kpod.models import add_lora, load_student
-    from kpod.pipeline import collect_rationales
+    from kpod.pipeline import collect_rationales, encode_for
 
     cfg = load_config(ROOT / "configs" / "default.yaml")
     train_cfg = cfg.train.model_copy(update={**VARIANTS[variant], "save_steps": 10_000, "logging_steps": 10_000})
@@ -52,10 +51,7 @@ def measure_one(variant: str, steps: int) -> dict:
     lo = cfg.student.lora
     model = add_lora(model, lo.rank, lo.alpha, lo.dropout, lo.targets)
     questions, rationales, _ = collect_rationales(cfg)  # the demo's training examples, as its data stage keeps them
-    d = cfg.data
-    examples, _ = encode_examples(tok, {q.id: q for q in questions}, rationales, prompt_template=d.prompt_template,
-                                  target_template=d.target_template, splitter=d.splitter, max_length=d.max_length,
-                                  progress=False, answer_choice_text=d.answer_choice_text)
+    examples, _ = encode_for(cfg, tok, {q.id: q for q in questions}, rationales, progress=False)
     loaded = current_rss_mb()
     with tempfile.TemporaryDirectory() as out:
         trainer = build_trainer(model, tok, DistillDataset(examples), train_cfg, Path(out), cfg.seed)

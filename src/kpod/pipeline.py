@@ -91,6 +91,15 @@ def load_questions(cfg: RunConfig, split: str) -> list[Question]:
     return load_split(d.dataset, split, d.data_dir)
 
 
+def encode_for(cfg: RunConfig, tokenizer, questions: dict[str, Question], rationales: list[Rationale],
+               progress: bool = True) -> tuple[list[EncodedExample], dict]:
+    """The run's training examples from its questions and kept rationales, in its data settings' formats."""
+    d = cfg.data
+    return encode_examples(tokenizer, questions, rationales, prompt_template=d.prompt_template,
+                           target_template=d.target_template, splitter=d.splitter, max_length=d.max_length,
+                           progress=progress, answer_choice_text=d.answer_choice_text)
+
+
 def answer_kind(cfg: RunConfig) -> str:
     return cfg.data.answer_type if cfg.data.dataset == "custom" else cfg.data.dataset
 
@@ -202,12 +211,7 @@ class Pipeline:
 
     def stage_encode(self, tokenizer, questions, rationales) -> list[EncodedExample]:
         def work():
-            d = self.cfg.data
-            examples, report = encode_examples(
-                tokenizer, questions, rationales, prompt_template=d.prompt_template,
-                target_template=d.target_template, splitter=d.splitter, max_length=d.max_length,
-                progress=self.progress, answer_choice_text=d.answer_choice_text,
-            )
+            examples, report = encode_for(self.cfg, tokenizer, questions, rationales, self.progress)
             write_jsonl(self.paths.examples, (e.to_json() for e in examples))
             (self.paths.data_dir / "encode_report.json").write_text(json.dumps(report, indent=1))
             log.info("encode: %s", json.dumps(report))
