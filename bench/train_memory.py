@@ -70,6 +70,7 @@ def measure_one(variant: str, steps: int) -> dict:
 def write(rows: list[dict], meta: dict, out: Path) -> None:
     from kpod.experiment.report import machine_label
 
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
     base = rows[0]
     md = ["# Peak memory of the demo's training step", "",

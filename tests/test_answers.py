@@ -250,6 +250,11 @@ CHOICES = ["park", "coloring book", "garden center", "math problem", "gravity"]
         ("Answer: option E", "E"),
         ("The answer is math problem.", "D"),
         ("The answer is coloring book, clearly.", "B"),
+        ("The answer is b.", "B"),
+        ("The answer is d, since math is hard.", "D"),
+        ("The answer is [B].", "B"),
+        ("Answer: [c] garden center", "C"),
+        ("The answer is a park.", "A"),  # "a" as an article: the choice's text names it
     ],
 )
 def test_choice_letter_forms(text, expected):

@@ -23,6 +23,7 @@ from kpod.data.steps import split_steps, step_texts, step_token_spans
         ("It takes 48 min. Then 10 sq ft. Total 58.", ["It takes 48 min.", " Then 10 sq ft.", " Total 58."]),
         ("It is 5 ft. tall and 712 lbs. - 234 lbs.\n= 478 lbs.\nSo Dec. 5.",
          ["It is 5 ft. tall and 712 lbs. - 234 lbs.\n= 478 lbs.", "\nSo Dec. 5."]),
+        ("Width = 14 sq. ft. / 7 ft.\nWidth = 2 feet.", ["Width = 14 sq. ft. / 7 ft.", "\nWidth = 2 feet."]),
         ("Let the number be X.\nThen 3X = 9. So the answer is no. Done.",
          ["Let the number be X.", "\nThen 3X = 9.", " So the answer is no.", " Done."]),
     ],
@@ -64,3 +65,15 @@ def test_token_spans_cover_each_step(request, tok_name):
         assert spans[-1][1] <= len(tok(text[: chars[-1][1]], add_special_tokens=False).input_ids) + 1
         checked += 1
     assert checked == 200
+
+
+def test_space_token_before_the_rationale_opens_the_first_step(smol_tokenizer):
+    # SmolLM2 writes " 15" as " " + "1" + "5": the lone space is the rationale's, not the template's
+    rationale = "15 apples. So 3."
+    text = " " + rationale + " Therefore, the answer is 3."
+    chars = [(s + 1, e + 1) for s, e in split_steps(rationale)]
+    enc = smol_tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    assert enc.offset_mapping[0] == (0, 1)  # the lone space token this test is about
+    spans = step_token_spans(enc.offset_mapping, chars, text)
+    assert spans[0][0] == 0
+    assert smol_tokenizer.decode(enc.input_ids[spans[0][0]:spans[0][1]]) == " 15 apples."

@@ -248,7 +248,9 @@ _LETTER_FORMS = [
     re.compile(r"\(([A-Ea-e])\)"),  # (c) / (C)
     re.compile(r"([a-e])\)"),  # c)
     re.compile(r"(?:option|choice)\s+\(?([A-Ea-e])\b", re.IGNORECASE),
+    re.compile(r"\[([A-Ea-e])\]"),  # [c] / [C]
     re.compile(r"([A-E])(?:[.):,;]|$)"),  # C. / C) / C   (upper case only: "a" is an article)
+    re.compile(r"([a-e])(?=[,;:]|$)"),  # c. / c, because  (a lower-case letter alone: "a bench" is not "a")
 ]
 
 

@@ -22,8 +22,8 @@ ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "vs", 
 # A sentence end only when a capital letter follows: units, months and the like end sentences in maths rationales
 # ("... takes 48 min. Then ...") but also read on ("5 ft. tall", "Dec. 5").
 ABBREVIATIONS_BEFORE_LOWER = {
-    "etc", "a.m", "p.m", "no", "approx", "inc", "ltd", "co", "ft", "oz", "lb", "lbs", "min", "hr", "hrs", "sec",
-    "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "fig", "eq",
+    "etc", "a.m", "p.m", "no", "approx", "inc", "ltd", "co", "ft", "sq", "cu", "in", "yd", "yds", "mi", "oz", "lb",
+    "lbs", "gal", "qt", "pt", "tsp", "tbsp", "min", "hr", "hrs", "sec", "wk", "wks", "mo", "mos", "yr", "yrs", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "fig", "eq",
 }
 _PERIOD_END = re.compile(r"\.(?=\s|$)")
 _WORD_BEFORE = re.compile(r"([A-Za-z.]+)$")
@@ -102,7 +102,8 @@ def step_token_spans(
     """Token spans [start, end) of each step, from a fast tokenizer's offset mapping over `text`.
 
     A token belongs to the step that contains its first non-space character (SentencePiece tokens such as "▁Dan"
-    start on the space before a word, byte-level BPE tokens such as " Dan" too). Tokens with an empty offset
+    start on the space before a word, byte-level BPE tokens such as " Dan" too); a token of spaces alone just before
+    the rationale (" " before "15" in SmolLM2) opens the first step, as spaces open the others. Tokens with an empty offset
     (special tokens) are skipped. A step that received no token (possible only for a tokenizer that merges across a boundary) gets an
     empty span at the position of the next step, so step k always exists and spans stay ordered.
     """
@@ -111,6 +112,8 @@ def step_token_spans(
     for j, (s, e) in enumerate(offsets):
         if e <= s:
             continue
+        if e == char_spans[0][0] and text[s:e].isspace():  # a space token just before the rationale opens its
+            s = e                                            # first step, as spaces open the following steps
         while s < e - 1 and text[s].isspace():
             s += 1
         while k + 1 < len(char_spans) and s >= char_spans[k + 1][0]:
