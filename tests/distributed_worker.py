@@ -17,7 +17,7 @@ from kpod import distributed as dist
 from kpod.baselines import registry
 from kpod.config import load_config
 from kpod.distill.kpod import KpodTrainer
-from kpod.distill.trainer import SeededLengthGroupedSampler
+from kpod.distill.trainer import SeededLengthGroupedSampler, logged_losses
 from kpod.pipeline import Pipeline
 
 TRAINERS: list["RecordingKpodTrainer"] = []
@@ -63,7 +63,7 @@ def main(config: str, out: str) -> None:
         "max_steps": trainer.state.max_steps,
         "given_steps": trainer.schedule.tolist(),
         "seen": trainer.seen,
-        "losses": trainer.loss_history.losses,
+        "losses": logged_losses(trainer),
         "accuracy": [r["accuracy"] for r in summary["results"]],
     }
     Path(out).mkdir(parents=True, exist_ok=True)

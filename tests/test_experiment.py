@@ -360,6 +360,16 @@ def test_cells_get_their_overrides_and_bad_cells_fail_before_running(tmp_path):
         load_experiment(path)
 
 
+def test_a_seed_or_method_not_in_the_grid_is_refused(tmp_path):
+    from kpod.experiment import run_experiment
+
+    path = _experiment(tmp_path, "some-student", {"plain": {}})
+    with pytest.raises(ConfigError, match="no seed 7 in this experiment"):
+        run_experiment(path, runs_root=tmp_path / "runs", results_dir=tmp_path / "out", seeds=[7], dry_run=True)
+    with pytest.raises(ConfigError, match="no method 'nope'"):
+        run_experiment(path, runs_root=tmp_path / "runs", results_dir=tmp_path / "out", methods=["nope"], dry_run=True)
+
+
 def test_seed_token_weighting_reseeds_only_the_cells_that_compute_weights(tmp_path):
     """Off (the default) every seed keeps kpod.weighting.seed; on, the cells that compute token weights take their
     own seed, unless their method names one, and the other cells' configs stay as they were."""

@@ -50,10 +50,20 @@ def test_run_writes_results_and_resumes(tmp_path, tiny_llama_dir, capsys):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["timings_s"] == {}
 
-    # A changed training setting re-runs training and evaluation, but not the data stages.
+    # A changed training setting re-runs training, from the start (not from the other settings' checkpoints), and
+    # evaluation, but not the data stages.
     assert main(["run", str(path), "--no-progress", "--set", "train.lr=0.002"]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert "train" in summary["timings_s"] and "data" not in summary["timings_s"]
+    trained = json.loads((run / "train" / "summary.json").read_text())
+    assert trained["resumed_from"] is None and trained["steps_this_run"] == trained["global_steps"] > 0
+    assert "eval:plain-test" in summary["timings_s"]
+
+    # An evaluation setting re-runs the evaluations alone: the zero-shot one comes before training, which does not
+    # read it.
+    assert main(["run", str(path), "--no-progress", "--set", "train.lr=0.002", "--set", "eval.max_new_tokens=4"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert set(summary["timings_s"]) == {"eval:zero-shot-test", "eval:plain-test"}
 
 
 def test_full_fine_tuning_of_a_seq2seq_student(tmp_path, tiny_t5_dir):
@@ -71,6 +81,10 @@ def test_config_errors_name_the_field(tmp_path):
     (tmp_path / "nota.yaml").write_text("- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(tmp_path / "nota.yaml")
+    (tmp_path / "sections.yaml").write_text("kpod:\ntrain:\n  epochs: 2\n")
+    assert load_config(tmp_path / "sections.yaml", {"kpod.beta": 0}).kpod.beta == 0  # an empty section takes it
+    with pytest.raises(ConfigError, match="train.epochs is a value"):
+        load_config(tmp_path / "sections.yaml", {"train.epochs.x": 2})
 
 
 def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
@@ -270,3 +284,15 @@ def test_token_weighting_runs_on_the_run_device(tmp_path, tiny_llama_dir, monkey
     with pytest.raises(Stop):
         main(["run", str(path), "--no-progress"])
     assert seen["device"].type == "meta"
+
+
+def test_an_evaluation_is_redone_when_the_method_trains_otherwise(tmp_path, tiny_llama_dir):
+    from kpod.pipeline import Pipeline
+
+    path = _config(tmp_path, tiny_llama_dir, train={"method": "kpod"})
+    prints = {beta: Pipeline(load_config(path, {"kpod.beta": beta}), progress=False)._eval_fingerprint("kpod")
+              for beta in (12, 0)}
+    assert prints[12] != prints[0]  # a run stopped between training and evaluation must not keep the old results
+    zero_shot = {beta: Pipeline(load_config(path, {"kpod.beta": beta}), progress=False)._eval_fingerprint("zero-shot")
+                 for beta in (12, 0)}
+    assert zero_shot[12] == zero_shot[0]  # the un-distilled student does not depend on the method

@@ -293,8 +293,13 @@ def load_yaml_model(model_cls: type[BaseModel], path: str | Path | None, overrid
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
+        for depth, p in enumerate(parents):
+            if node.get(p) is None:  # absent, or an empty section ("kpod:" with nothing under it)
+                node[p] = {}
+            node = node[p]
+            if not isinstance(node, dict):
+                raise ConfigError(f"{where}: cannot set {dotted}: {'.'.join(parents[:depth + 1])} is a value, "
+                                  "not a section")
         node[leaf] = value
     try:
         return model_cls.model_validate(raw)

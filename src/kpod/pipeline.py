@@ -4,7 +4,9 @@ Stages: data (rationales, filtered and counted) -> encode (tokens, step spans) -
 clusters -> schedule] -> [zero-shot eval] -> train (resumable Trainer checkpoints; the method's trainer and data come
 from `kpod.baselines.registry`) -> eval (plus other datasets' splits: `eval.datasets`, out of distribution). A stage is
 skipped when `stages.json` records it as done with the same config fingerprint; a changed setting re-runs that stage
-and everything after it.
+and everything after it, except the evaluations, which no stage reads (a changed evaluation setting re-runs them
+alone). Training resumes its newest checkpoint only when the checkpoints were written with the same settings
+(`train/fingerprint.txt`); otherwise it starts over.
 
 Under `accelerate launch` (several processes) every process runs this pipeline: the main process computes and writes
 each cached artefact while the others wait, then all read the same files (so the KPOD schedule is one decision, made
@@ -64,15 +66,22 @@ class StageLog:
         self.done: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
         self._invalidated = False
 
-    def is_done(self, stage: str, fp: str) -> bool:
+    def is_done(self, stage: str, fp: str, leaf: bool = False) -> bool:
+        """Whether `stage` finished with these settings. A stage that re-runs after a change re-runs every later one
+        too (they ran on its old output), except a `leaf`: a stage whose output no later stage reads."""
         if self._invalidated:
             return False
         ok = self.done.get(stage) == fp
         if not ok and stage in self.done:
-            log.info("stage %s: settings changed, re-running it and every later stage", stage)
-        if not ok:
+            log.info("stage %s: settings changed, re-running it%s", stage, "" if leaf else " and every later stage")
+        if not ok and not leaf:
             self._invalidated = stage in self.done  # later stages ran on different inputs
         return ok
+
+    @property
+    def inputs_changed(self) -> bool:
+        """An earlier stage re-ran with other settings in this run: what later stages wrote is stale."""
+        return self._invalidated
 
     def mark(self, stage: str, fp: str) -> None:
         self.done[stage] = fp
@@ -169,15 +178,16 @@ class Pipeline:
 
     # Each stage: fingerprint of what it depends on, then work unless cached.
     def cached(self, stage: str, fp: str, work, every_process: bool = False, output: Path | None = None,
-               shared_key: str | None = None) -> None:
+               shared_key: str | None = None, leaf: bool = False) -> None:
         """Run `work()` unless `stage` already finished with the same fingerprint; time it and record it.
 
         Under several processes only the main process runs `work` (the others wait, then read what it wrote), unless
         `every_process`: then each runs it (the work shares itself out and the main process writes the result).
         With a stage cache, `output` (the file or folder `work` writes) is copied from / published to the cache entry
         `STAGE/shared_key`; the key must name everything the output depends on, inputs from earlier stages included.
+        `leaf`: no later stage reads the output (a change re-runs this stage alone).
         """
-        if self.stages.is_done(stage, fp):
+        if self.stages.is_done(stage, fp, leaf):
             return
         t0 = time.time()
         entry = self.stage_cache / stage / shared_key if self.stage_cache and output and shared_key else None
@@ -220,8 +230,14 @@ class Pipeline:
         return [EncodedExample(**{**row, "step_spans": [tuple(s) for s in row["step_spans"]]})
                 for _, row in read_jsonl(self.paths.examples)]
 
+    def _train_fingerprint(self) -> str:
+        cfg = self.cfg
+        return fingerprint(cfg.data, cfg.student, cfg.train.fingerprint_fields(), cfg.seed,
+                           get_method(cfg.train.method).settings(cfg))
+
     def _eval_fingerprint(self, label: str) -> str:
-        trained_with = self.cfg.train.fingerprint_fields() if label != "zero-shot" else None
+        # a trained model is evaluated again whenever it is trained with other settings (the method's included)
+        trained_with = self._train_fingerprint() if label != "zero-shot" else None
         # (eval options added later are left out at their old-behaviour values: older runs keep their cached results)
         eval_cfg = self.cfg.eval.fingerprint_fields()
         return fingerprint(self.cfg.data, eval_cfg, self.cfg.student, trained_with, self.cfg.seed, label)
@@ -233,7 +249,7 @@ class Pipeline:
         for dataset, split, name, kind, questions in self._eval_targets(label):
             path = self.paths.eval_results(name)
             shared = self._zero_shot_entry(kind, questions) if label == "zero-shot" else None
-            if self.stages.is_done(f"eval:{name}", fp) and path.exists():
+            if self.stages.is_done(f"eval:{name}", fp, leaf=True) and path.exists():  # no stage reads an evaluation
                 if shared is not None and not (shared / "results.json").exists():
                     self._share_zero_shot(shared, name)  # a run from before the cache: its result serves the others
                 results.append(json.loads(path.read_text()))
@@ -368,10 +384,10 @@ class Pipeline:
 
     def stage_train(self, model, tokenizer, examples: list[EncodedExample], weights=None, given_steps=None):
         cfg = self.cfg
-        fp = fingerprint(cfg.data, cfg.student, cfg.train.fingerprint_fields(), cfg.seed,
-                         get_method(cfg.train.method).settings(cfg))
+        fp = self._train_fingerprint()
         if self.stages.is_done("train", fp) and self.paths.final_model.exists():
             return self._load_final(model)
+        self._drop_stale_checkpoints(fp)
         if cfg.student.lora.enabled:
             lo = cfg.student.lora
             model = add_lora(model, lo.rank, lo.alpha, lo.dropout, lo.targets)
@@ -395,6 +411,24 @@ class Pipeline:
             dist.barrier()
             return self._load_final(self._load_student()[0])
         return trainer.model
+
+    def _drop_stale_checkpoints(self, fp: str) -> None:
+        """Training resumes only the same training: checkpoints written with other settings, or before an earlier
+        stage re-ran, are deleted (the Trainer would continue them, or find them finished and train nothing)."""
+        train_dir = self.paths.train_dir
+        marker = train_dir / "fingerprint.txt"
+        written_with = marker.read_text().strip() if marker.exists() else self.stages.done.get("train")
+        if dist.is_main():
+            old = [*train_dir.glob("checkpoint-*"), self.paths.final_model] if train_dir.exists() else []
+            old = [path for path in old if path.exists()]
+            if old and (self.stages.inputs_changed or written_with not in (None, fp)):
+                log.warning("train: settings or inputs changed since %s was written; training from the start",
+                            ", ".join(sorted(path.name for path in old)))
+                for path in old:
+                    shutil.rmtree(path)
+            train_dir.mkdir(parents=True, exist_ok=True)
+            marker.write_text(fp)
+        dist.barrier()
 
     def _load_final(self, base_model):
         if self.cfg.student.lora.enabled:

@@ -125,13 +125,11 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-class LossHistory(TrainerCallback):
-    def __init__(self):
-        self.losses: list[dict] = []
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            self.losses.append({"step": state.global_step, "epoch": round(state.epoch or 0, 3), "loss": logs["loss"]})
+def logged_losses(trainer) -> list[dict]:
+    """The training loss at every logging step, from the Trainer's log history (which a resumed run restores, so
+    the curve starts at the first step, not at the resume)."""
+    return [{"step": e["step"], "epoch": round(e.get("epoch") or 0, 3), "loss": e["loss"]}
+            for e in trainer.state.log_history if "loss" in e]
 
 
 def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int, use_cpu: bool | None = None) -> TrainingArguments:
@@ -179,7 +177,7 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int, use_cpu: b
 def build_trainer(model, tokenizer, dataset: DistillDataset, cfg: TrainConfig, output_dir: Path, seed: int,
                   trainer_cls=DistillTrainer, **trainer_kwargs) -> DistillTrainer:
     """A trainer of `trainer_cls` (DistillTrainer or a subclass; extra keyword arguments go to it)."""
-    history, epochs = LossHistory(), EpochLog()
+    epochs = EpochLog()
     if cfg.packing:
         if dataset.seq2seq:
             raise ValueError("train.packing is for decoder-only students; set it false for seq2seq students")
@@ -197,11 +195,11 @@ def build_trainer(model, tokenizer, dataset: DistillDataset, cfg: TrainConfig, o
         args=training_arguments(cfg, output_dir, seed),
         train_dataset=dataset,
         data_collator=collator,
-        callbacks=[history, epochs],
+        callbacks=[epochs],
         loss_normalization=cfg.loss_normalization,
         **trainer_kwargs,
     )
-    trainer.loss_history, trainer.epoch_log = history, epochs
+    trainer.epoch_log = epochs
     return trainer
 
 
@@ -225,7 +223,7 @@ def run_training(trainer: DistillTrainer, output_dir: Path, final_dir: Path) -> 
         "tokens_this_run": tokens,
         "train_tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
         "final_train_loss": result.training_loss,
-        "loss_curve": trainer.loss_history.losses,
+        "loss_curve": logged_losses(trainer),
         "epoch_log": trainer.epoch_log.epochs,
         "peak_rss_mb": peak_rss_mb(),
         "kpod_stages": getattr(trainer, "stage_log", None),

@@ -2,7 +2,8 @@
 
     kpod experiment configs/experiments/svamp-paper.yaml             # run what is missing, then report
     kpod experiment configs/experiments/svamp-paper.yaml --dry-run   # list the cells and their state
-    kpod experiment configs/experiments/svamp-paper.yaml --report-only --method kpod --method scotd
+    kpod experiment configs/experiments/svamp-paper.yaml --method kpod --seed 0   # run only these cells
+    kpod experiment configs/experiments/svamp-paper.yaml --report-only   # tables from the finished cells
 
 An experiment file names a base run config, the datasets, the methods (each a set of `--set` style overrides) and
 the seeds. Every cell's config is resolved and validated before anything runs, written to
@@ -97,6 +98,9 @@ def run_experiment(path: str | Path, *, runs_root: str | Path = "runs", results_
     for m in methods or []:
         if m not in exp.methods:
             raise ConfigError(f"{path}: no method {m!r} in this experiment; it has {', '.join(exp.methods)}")
+    for seed in seeds or []:
+        if seed not in exp.seeds:
+            raise ConfigError(f"{path}: no seed {seed} in this experiment; it has {', '.join(map(str, exp.seeds))}")
     cells = plan_cells(exp, path, runs_root, results_dir)
     if (device or exp.device) == "cuda" and not dry_run and not report_only:
         import torch
