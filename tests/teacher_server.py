@@ -113,8 +113,11 @@ class FakeTeacherServer:
         if fault is not None and (fault.status != 200 or fault.body is not None):
             body_bytes = fault.body if fault.body is not None else json.dumps({"error": {"message": "scripted failure"}}).encode()
             return fault.status, fault.headers, body_bytes, fault.delay
-        text = self.solver(prompt, chat)
-        choice = {"index": 0, "finish_reason": "stop", "logprobs": None}
+        text, finish = self.solver(prompt, chat), "stop"
+        words = text.split(" ")
+        if len(words) > body.get("max_tokens", len(words)):  # a word per token: cut where a real API stops
+            text, finish = " ".join(words[: body["max_tokens"]]), "length"
+        choice = {"index": 0, "finish_reason": finish, "logprobs": None}
         choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
         n_prompt, n_completion = len(prompt.split()), len(text.split())
         reply = {

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from kpod.cli import build_parser
 from kpod.config import ConfigError
@@ -24,7 +25,8 @@ from kpod.evaluation.generate import token_sampler
 from kpod.teacher import FatalTeacherError, load_teach_config, load_teach_questions, run_teach
 from kpod.teacher.backends import TeacherReply
 from kpod.teacher.retry import parse_retry_after
-from kpod.teacher.zero_shot_cot import ZeroShotCoT, split_answer_statement
+from kpod.data.rationales import split_answer_statement
+from kpod.teacher.zero_shot_cot import ZeroShotCoT
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from teacher_server import API_KEY, FakeTeacherServer, Fault, arithmetic_reply  # noqa: E402
@@ -93,6 +95,13 @@ def test_zero_shot_cot_requests_and_rationales(tmp_path):
     assert split_answer_statement("2 + 3 = 5.\n#### 5\nThe answer is 5.") == ("2 + 3 = 5.", "#### 5\nThe answer is 5.")
     assert split_answer_statement("So the answer is 6. Wait: 2 + 3 = 5. Therefore, the answer is 5.")[0] == \
         "So the answer is 6. Wait: 2 + 3 = 5."
+    # only a sentence that opens with the statement is one: "the answer is" inside reasoning is reasoning
+    assert split_answer_statement("5 + 3 = 8. The correct answer is 8.") == ("5 + 3 = 8.", "The correct answer is 8.")
+    text = "First, check whether the answer is bigger than 10. 1 + 2 = 3. So the total is 3."
+    assert split_answer_statement(text) == (text, "")
+    rationale, _ = chat.to_rationale(question, 0, TeacherReply("One way to check the answer is to add. 2 + 3 = 5.\n"
+                                                               "Answer: 5"))
+    assert rationale.rationale == "One way to check the answer is to add. 2 + 3 = 5."
 
 
 def test_retry_after_header_forms():
@@ -413,3 +422,50 @@ def test_hf_backend_rationalizes_contrastively_and_counterfactual_rows_are_kept_
                                           load_teach_config(None, {"dataset": "svamp"}))[:2])))
     with pytest.raises(DataError, match="explain a perturbed answer"):
         collect_rationales(RunConfig.model_validate({"data": {"rationale_source": str(counterfactual)}}))
+
+
+def _cli_teach(tmp_path: Path, server: FakeTeacherServer, file: Path, **overrides) -> int:
+    from kpod.cli import main
+
+    fields = {"dataset": "custom", "file": str(file), "model": "fake-teacher", "base_url": server.url,
+              "out": str(tmp_path / "out"), "retry": {"max_retries": 1, "backoff_initial_s": 0.01}, **overrides}
+    (tmp_path / "teach.yaml").write_text(yaml.safe_dump(fields))
+    return main(["teach", str(tmp_path / "teach.yaml"), "--no-progress"])
+
+
+def test_a_rationale_the_teacher_was_stopped_in_is_dropped(tmp_path, capsys):
+    file = write_sums(tmp_path / "q.jsonl", [(1, 1), (2, 5)])
+    with FakeTeacherServer() as server:
+        summary = run_teach(teach_cfg(tmp_path, server, file, max_tokens=6), progress=False)
+        assert summary["kept"] == 0 and summary["dropped"]["truncated"] == 2
+        assert {r["meta"]["dropped"] for r in rows(tmp_path / "out" / "rejected.jsonl")} == {"truncated"}
+        assert _cli_teach(tmp_path, server, file, max_tokens=6) == 1  # nothing kept: the command fails
+        assert "no rationale kept of 2 samples" in capsys.readouterr().err
+        assert run_teach(teach_cfg(tmp_path, server, file, max_tokens=100), progress=False)["kept"] == 2
+
+
+def test_a_run_whose_requests_all_fail_stops_and_exits_with_an_error(tmp_path, capsys):
+    file = write_sums(tmp_path / "q.jsonl", [(k, 1) for k in range(8)])
+    with FakeTeacherServer(faults=lambda prompt, attempt: Fault(400)) as server:  # e.g. a parameter it refuses
+        assert _cli_teach(tmp_path, server, file, stop_after_failures=3, concurrency=1) == 2
+        assert "the last 3 samples all failed" in capsys.readouterr().err
+        assert sum(server.requests.values()) < 8
+    quota = {"error": {"message": "You exceeded your current quota", "type": "insufficient_quota",
+                       "code": "insufficient_quota"}}
+    with FakeTeacherServer(faults=lambda prompt, attempt: Fault(429, body=json.dumps(quota).encode())) as server:
+        with pytest.raises(FatalTeacherError, match="no quota left"):
+            run_teach(teach_cfg(tmp_path, server, file, concurrency=1), progress=False)
+        # a spent budget is not retried like a rate limit, and the run stops at once (a batch may be in flight)
+        assert max(server.requests.values()) == 1 and sum(server.requests.values()) <= 2
+
+
+def test_a_stopped_run_leaves_no_earlier_run_s_rationales(tmp_path, monkeypatch):
+    file = write_sums(tmp_path / "q.jsonl", [(1, 2), (3, 4)])
+    with FakeTeacherServer() as server:
+        assert run_teach(teach_cfg(tmp_path, server, file, model="old-teacher"), progress=False)["kept"] == 2
+        assert (tmp_path / "out" / "rationales.jsonl").exists()
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong-key-0000")
+        with pytest.raises(FatalTeacherError, match="401"):
+            run_teach(teach_cfg(tmp_path, server, file, model="new-teacher"), progress=False)
+    assert not (tmp_path / "out" / "rationales.jsonl").exists()  # the folder holds no finished output of another config
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["teacher"] == "new-teacher"

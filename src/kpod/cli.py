@@ -156,6 +156,12 @@ def cmd_teach(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=1))
+    if summary["samples"] and not summary["kept"]:
+        failed = summary["dropped"]["failed"]
+        print(f"error: no rationale kept of {summary['samples']} samples ({failed} failed: "
+              f"{summary['requests']['failure_kinds'] or 'none'}; see {summary['outputs']['failures']} and "
+              f"{summary['outputs']['rejected']})", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -188,25 +188,42 @@ def import_rationales(
     return out, report
 
 
-# A sentence that opens with an answer trigger: "The answer is 48" (LLaMA-3, GSM8K), "So the answer is (d) math
-# problem." (PaLM, CSQA), "The answer is (84 / 2)." (PaLM, SVAMP). Capitalised, so "I think the answer is" mid-sentence
-# does not count.
-ANSWER_STATEMENT = re.compile(r"(?:\b(?:So|Therefore|Thus|Hence),?\s+the|\bThe) answer is\b")
+# A sentence that opens with an answer statement: "The answer is 48" (LLaMA-3, GSM8K), "So the answer is (d) math
+# problem." (PaLM, CSQA), "Therefore, the answer is 42." (zero-shot CoT), "The final answer is 8", "Answer: 8",
+# "#### 8", "\\boxed{8}". Only at a sentence's start: "check whether the answer is bigger" is reasoning.
+_STATEMENT_OPENER = re.compile(
+    r"(?:[-*]\s+)?(?:\*\*)?(?:(?:so|therefore|thus|hence|finally)\s*,?\s*)?(?:(?:the|our|my)\s+)?(?:(?:final|correct)\s+)?"
+    r"answer\s*(?:is\b|was\b|would\s+be\b|:)|####|\$*\\boxed\{",
+    re.IGNORECASE,
+)
+_SENTENCE_START = re.compile(r"(?:^|\n|[.!?][ \t]*)[ \t\n]*")  # "... 30 cups.The answer is 30" too
 
 
-def split_answer_statement(text: str) -> tuple[str, str]:
-    """(reasoning, closing answer statement): the statement is the text from the last answer trigger on, when that
-    is the rationale's last line. A student target adds its own answer sentence after the rationale
+def _is_statement(text: str, start: int, end: int, one_sentence: bool) -> bool:
+    """Whether text[start:end] is an answer statement: an opener, then the rest of its line (`one_sentence`: of its
+    sentence)."""
+    opener = _STATEMENT_OPENER.match(text, start)
+    rest = text[opener.end():end].strip() if opener else None
+    return rest is not None and "\n" not in rest and not (one_sentence and re.search(r"[.!?]\s*\S", rest))
+
+
+def split_answer_statement(text: str, keep_statement_alone: bool = True) -> tuple[str, str]:
+    """(reasoning, closing answer statement): the statement runs from the last sentence that opens with an answer
+    trigger to the end, when that is the text's last line, with any one-sentence statements right before it
+    ("#### 51\nThe answer is 51."). A student target adds its own answer sentence after the rationale
     (`data.target_template`), so a rationale that keeps the teacher's would teach two. (text, "") when there is no
-    such statement, or when the trigger opens the text and nothing would be left."""
-    triggers = list(ANSWER_STATEMENT.finditer(text))
-    if not triggers:
+    such statement, or when nothing would be left (("", text) with `keep_statement_alone` off)."""
+    starts = [m.end() for m in _SENTENCE_START.finditer(text)]
+    openers = [s for s in starts if _STATEMENT_OPENER.match(text, s)]
+    if not openers or not _is_statement(text, openers[-1], len(text), one_sentence=False):
         return text, ""
-    start = triggers[-1].start()
-    reasoning, statement = text[:start].rstrip(), text[start:].strip()
-    if not reasoning or "\n" in statement:
-        return text, ""
-    return reasoning, statement
+    cut = openers[-1]
+    for start in reversed(openers[:-1]):
+        if not _is_statement(text, start, cut, one_sentence=True):
+            break
+        cut = start
+    reasoning = text[:cut].rstrip()
+    return (reasoning, text[cut:].strip()) if reasoning or not keep_statement_alone else (text, "")
 
 
 def without_answer_statements(rationales: list[Rationale]) -> tuple[list[Rationale], int]:

@@ -115,7 +115,7 @@ class TeachConfig(_Strict):
     n: int = Field(1, ge=1, description="rationales per question (multi-rationale baselines want several)")
     temperature: float = Field(0.0, ge=0, le=2, description="0 = greedy; several samples want > 0")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
-    seed: int | None = Field(None, description="sample k is asked with seed + k where the backend supports seeds")
+    seed: int | None = Field(None, description="sample k is asked with seed + k where the API supports seeds; hf draws a batch of prompts from one generator seeded with seed + the k of its first request")
     max_tokens: int = Field(256, ge=1, description="longest rationale (turn 1 / the chat answer) in tokens")
     answer_max_tokens: int = Field(32, ge=1, description="completion mode: longest answer turn")
     templates: TemplateConfig = Field(default_factory=TemplateConfig)
@@ -132,6 +132,8 @@ class TeachConfig(_Strict):
     out: str = Field("runs/teach", description="output folder: rationales.jsonl, rejected.jsonl, failures.jsonl, summary.json")
     cache: str | None = Field(None, description="SQLite reply cache; default OUT/cache.sqlite (share one across runs to reuse replies)")
     keep_wrong: bool = Field(False, description="also write rationales with a wrong or missing answer to rationales.jsonl (correct=false); empty ones never")
+    drop_truncated: bool = Field(True, description="drop a rationale the teacher stopped at max_tokens (finish reason 'length'): it ends mid-reasoning, whatever answer is read from it")
+    stop_after_failures: int = Field(50, ge=0, description="stop the run (exit code 2) once this many samples in a row failed after their retries (a wrong URL, no quota, a parameter the API refuses); 0 = never")
     prices: PriceConfig = Field(default_factory=PriceConfig)
 
     @model_validator(mode="after")

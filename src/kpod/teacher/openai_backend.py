@@ -110,6 +110,8 @@ class OpenAIBackend(TeacherBackend):
     def _raise_for_status(self, e) -> None:
         status = e.status_code
         message = f"HTTP {status}: {_short(e.message)}"
+        if status == 429 and _error_code(e) == "insufficient_quota":  # a spent budget, not a rate: waiting won't help
+            raise FatalTeacherError(f"{self.redact(message)} (model {self.model!r}: the account has no quota left)")
         if status == 429:
             raise Retryable("rate_limit", message, status, parse_retry_after(e.response.headers)) from None
         if status >= 500 or status in _RETRYABLE_STATUS:
@@ -152,3 +154,11 @@ class _NotRetryable(Exception):
 def _short(text: str, limit: int = 300) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _error_code(e) -> str | None:
+    """The API's error code ("insufficient_quota", ...), from the SDK's parsed error or the raw body."""
+    body = getattr(e, "body", None)
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        body = body["error"]
+    return getattr(e, "code", None) or (body.get("code") if isinstance(body, dict) else None)

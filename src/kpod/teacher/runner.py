@@ -41,7 +41,7 @@ from kpod.teacher.backends import (
 from kpod.teacher.cache import ReplyCache
 from kpod.teacher.config import TeachConfig, dump_teach_config
 from kpod.teacher.outputs import StreamingWriter, Tally, TeachPaths
-from kpod.teacher.zero_shot_cot import EMPTY, KEPT, ZeroShotCoT
+from kpod.teacher.zero_shot_cot import EMPTY, KEPT, TRUNCATED, ZeroShotCoT
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,7 @@ class TeachRun:
         self._inflight = _InFlight()
         self._stop = threading.Event()
         self.skipped: list[str] = []  # questions with nothing to rationalize (no perturbed answer)
+        self._failures_in_a_row = 0
         if cfg.n > 1 and cfg.temperature == 0:
             log.warning("n=%d samples at temperature 0: greedy samples are alike; set temperature > 0", cfg.n)
 
@@ -110,6 +111,8 @@ class TeachRun:
         if total is None and hasattr(questions, "__len__"):
             total = len(questions)
         self.paths.root.mkdir(parents=True, exist_ok=True)
+        for old in [*self.paths.streamed(), self.paths.summary]:  # a previous run's: none may outlive this config
+            old.unlink(missing_ok=True)
         dump_teach_config(cfg, self.paths.config)
         backend = self._backend or make_backend(cfg)
         self.backend, self.cache = backend, ReplyCache(cfg.cache_path())
@@ -161,13 +164,20 @@ class TeachRun:
         for outcome in outcomes:
             tally.add_replies(outcome.replies)
             tally.add_sample(outcome.question.id, outcome.verdict, outcome.rationale)
+            self._failures_in_a_row = self._failures_in_a_row + 1 if outcome.verdict == FAILED else 0
             if outcome.verdict == FAILED:
                 failure = next(r for r in outcome.replies if isinstance(r, RequestFailed))
+                limit = self.cfg.stop_after_failures
+                if limit and self._failures_in_a_row >= limit:
+                    raise FatalTeacherError(
+                        f"the last {limit} samples all failed after their retries (last: {failure.kind}, "
+                        f"{failure.message}); stopping (stop_after_failures). Replies so far are cached: fix the "
+                        "cause and run again")
                 turn = "answer" if len(outcome.replies) == 2 else "rationale"
                 writer.write(self.paths.failures, {"id": outcome.question.id, "sample": outcome.sample, "turn": turn,
                                                    "kind": failure.kind, "status": failure.status,
                                                    "attempts": failure.attempts, "message": failure.message})
-            elif outcome.verdict == KEPT or (self.cfg.keep_wrong and outcome.verdict != EMPTY):
+            elif outcome.verdict == KEPT or (self.cfg.keep_wrong and outcome.verdict not in (EMPTY, TRUNCATED)):
                 writer.write(self.paths.rationales, outcome.rationale.to_json())
                 tally.written += 1
             else:
@@ -258,7 +268,8 @@ class TeachRun:
             "correct": tally.correct,
             "correct_rate": round(tally.correct / tally.answered, 4) if tally.answered else None,
             "written": tally.written,
-            "dropped": {name: dropped.get(name, 0) for name in ("wrong_answer", "no_answer", "empty_rationale", FAILED)},
+            "dropped": {name: dropped.get(name, 0)
+                        for name in ("wrong_answer", "no_answer", "empty_rationale", TRUNCATED, FAILED)},
             "requests": {
                 "total": tally.requests,
                 "asked": tally.asked,

@@ -13,9 +13,11 @@ and the rationale alone, so a kept rationale is one that leads to its answer wit
 answer is the gold one, or (`rationalize.target: perturbed`) the perturbed answer SCOTT's counterfactual objective
 trains on; the rationale's `gold` is then that answer and `meta.gold_answer` the real one.
 
-The stored rationale is the reasoning only: a closing "Therefore, the answer is X." is cut off, because the student's
-target template adds its own (" {rationale} Therefore, the answer is {answer}."). The answer is read with
-`extract_answer` and judged with `answers_match`, like every other rationale in kpod.
+The stored rationale is the reasoning only: a closing answer statement ("Therefore, the answer is X.", "Answer: X",
+"#### X") is cut off as `kpod.data.rationales.split_answer_statement` cuts the released rationales', because the
+student's target template adds its own (" {rationale} Therefore, the answer is {answer}."). The answer is read with
+`extract_answer` and judged with `answers_match`, like every other rationale in kpod. A rationale the teacher was
+stopped in (finish reason "length") is dropped unless `drop_truncated` is off.
 
     >>> cot = ZeroShotCoT(cfg)
     >>> first = cot.first_request(question, sample=0)
@@ -25,41 +27,19 @@ target template adds its own (" {rationale} Therefore, the answer is {answer}.")
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 
 from kpod.data.answers import answer_type, answers_match, cut_run_on, extract_answer_details
 from kpod.data.prompts import question_text, target_answer
+from kpod.data.rationales import split_answer_statement
 from kpod.data.records import Question, Rationale
 from kpod.teacher.backends import TeacherReply, TeacherRequest
 from kpod.teacher.config import DEFAULT_CHAT_INSTRUCTION, TeachConfig
 
-# The closing answer statement of a rationale: "Therefore, the answer is 42." / "So the final answer is (B)" /
-# a GSM8K-style "#### 42".
-_ANSWER_STATEMENT = re.compile(
-    r"(?:\b(?:therefore|thus|hence|so)\s*,?\s*)?\b(?:the\s+)?(?:final\s+)?answer\s+is\b|####", re.IGNORECASE
-)
 STOP_RUN_ON = ("\nQ:",)  # completion models invent the next few-shot item; stop there
 
 # Verdicts: why a finished sample is kept or dropped (counted in the summary).
-KEPT, WRONG_ANSWER, NO_ANSWER, EMPTY = "kept", "wrong_answer", "no_answer", "empty_rationale"
-
-
-def split_answer_statement(text: str) -> tuple[str, str | None]:
-    """(reasoning, closing answer statement(s) or None).
-
-    Cut at the last "... the answer is" / "####", and further back over statements that directly precede it
-    ("#### 51\nThe answer is 51."), but not over reasoning that follows an early statement."""
-    matches = list(_ANSWER_STATEMENT.finditer(text))
-    if not matches:
-        return text.strip(), None
-    cut = matches[-1].start()
-    for match in reversed(matches[:-1]):
-        between = text[match.start() : cut].strip()
-        if "\n" in between or re.search(r"[.!?]\s+\S", between):  # more than one statement sentence
-            break
-        cut = match.start()
-    return text[:cut].strip(), text[cut:].strip()
+KEPT, WRONG_ANSWER, NO_ANSWER, EMPTY, TRUNCATED = "kept", "wrong_answer", "no_answer", "empty_rationale", "truncated"
 
 
 @dataclass(frozen=True)
@@ -140,7 +120,7 @@ class ZeroShotCoT:
     ) -> tuple[Rationale, str]:
         """The Rationale of one finished sample and its verdict (kept, wrong_answer, no_answer, empty_rationale)."""
         text = cut_run_on(first.text)
-        reasoning, _ = split_answer_statement(text)
+        reasoning, _ = split_answer_statement(text, keep_statement_alone=False)  # an answer alone is no rationale
         choices = question.choices
         in_text = extract_answer_details(text, self.kind, choices)
         meta = {"backend": self.cfg.backend, "mode": self.cfg.mode, "finish_reason": first.finish_reason}
@@ -163,6 +143,8 @@ class ZeroShotCoT:
                               gold=explained.answer, correct=correct, sample=sample, meta=meta)
         if not reasoning:
             verdict = EMPTY
+        elif first.finish_reason == "length" and self.cfg.drop_truncated:
+            verdict = TRUNCATED  # cut off mid-reasoning; an answer read from it is a guess
         elif predicted is None:
             verdict = NO_ANSWER
         else:
