@@ -1,10 +1,11 @@
 """Which training data of the committed experiment grids another version of kpod builds differently.
 
-A grid's cells keep what they trained on when they ran. When kpod's data code changes (step splitting, the step ->
-token map, SCOTT's rule-based counterfactuals), this rebuilds every grid's training data with this checkout and with
-another commit's `src/`, and counts per grid and data setup the rationales that split into other steps or other
-token spans (what KPOD's schedule reads) and the counterfactual rationales that differ (what SCOTT trains on): the
-cells a re-run would not train on the same data.
+A grid's cells keep what they trained on when they ran. When kpod's data code changes (rationale import and the cut
+of closing answer statements, step splitting, the step -> token map, SCOTT's rule-based counterfactuals), this
+rebuilds every grid's training data with this checkout and with another commit's `src/`, and counts per grid and data
+setup the rationales whose text differs (what every method trains on), that split into other steps or other token
+spans (what KPOD's schedule reads), and the counterfactual rationales that differ (what SCOTT trains on): the cells a
+re-run would not train on the same data.
 
     python bench/grid_training_data.py --against 3965e48     # -> results/grid_training_data.{json,md}
 
@@ -51,6 +52,10 @@ def build(configs: list[Path]) -> dict:
         exp = load_experiment(path)
         for cell in plan_cells(exp, path):
             cfg, method = cell.config, cell.config.train.method
+            texts = out.setdefault(json.dumps(["rationales", *data_setup(cfg)]), {"cells": []})
+            texts["cells"].append(f"{exp.name}/{cell.name}")
+            if "data" not in texts:  # every method trains on these (KPOD's schedule on their steps, SCOTT also on edits)
+                texts["data"] = {rationale_key(r): r.rationale for r in collect_rationales(cfg)[1]}
             if method in STEP_METHODS:
                 key = json.dumps(["steps", *data_setup(cfg)])
             elif method in COUNTERFACTUAL_METHODS and not cfg.baselines.scott.counterfactual_rationales:
@@ -89,7 +94,11 @@ def compare(this: dict, other: dict) -> list[dict]:
         row = {"kind": kind, "dataset": setup[0], "seed": seed, "setup": setup,
                "grids": sorted({c.split("/")[0] for c in entry["cells"]}), "cells": len(entry["cells"]),
                "rationales": len(new), "only_here": len(set(new) - set(old)), "only_there": len(set(old) - set(new))}
-        if kind == "steps":
+        if kind == "rationales":
+            differ = [k for k in both if new[k] != old[k]]
+            row.update(texts_differ=len(differ),
+                       examples=[{"rationale": k, "here": new[k], "there": old[k]} for k in differ[:3]])
+        elif kind == "steps":
             split = [k for k in both if new[k]["steps"] != old[k]["steps"]]
             spans = [k for k in both if new[k]["token_spans"] != old[k]["token_spans"]]
             row.update(steps_differ=len(split), token_spans_differ=len(spans),
@@ -100,18 +109,24 @@ def compare(this: dict, other: dict) -> list[dict]:
                        made_there=sum(v is not None for v in old.values()),
                        examples=[{"rationale": k, "here": new[k], "there": old[k]} for k in differ[:3]])
         rows.append(row)
-    return sorted(rows, key=lambda r: (r["grids"], r["dataset"], r["kind"] != "steps", r["seed"] or 0))
+    order = {"rationales": 0, "steps": 1, "counterfactuals": 2}
+    return sorted(rows, key=lambda r: (r["grids"], r["dataset"], order[r["kind"]], r["seed"] or 0))
 
 
 def write(rows: list[dict], meta: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows}, indent=1, ensure_ascii=False))
     md = [f"# Grid training data: this checkout ({meta['commit']}) against {meta['against']}", "",
-          f"`{meta['command']}`; {meta['seconds']:.0f} s. KPOD-family cells (`train.method: kpod`) read the step "
-          "split and its token spans; SCOTT cells train on rule-based counterfactuals (one set per seed).", "",
+          f"`{meta['command']}`; {meta['seconds']:.0f} s. Every cell trains on its data setup's rationale texts "
+          "(after `data.strip_answer_statement`); KPOD-family cells (`train.method: kpod`) also read the step split "
+          "and its token spans; SCOTT cells also train on rule-based counterfactuals (one set per seed).", "",
           "| grids | dataset | what | seed | cells | rationales | differ |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        if r["kind"] == "steps":
+        if r["kind"] == "rationales":
+            what, differ = "rationale texts (every method)", f"{r['texts_differ']}"
+            if r["only_here"] or r["only_there"]:
+                differ += f" (+{r['only_here']} / -{r['only_there']} kept)"
+        elif r["kind"] == "steps":
             what, differ = "steps / token spans", f"{r['steps_differ']} / {r['token_spans_differ']}"
         else:
             what = "counterfactuals"
