@@ -195,3 +195,22 @@ def test_gsm8k_targets_get_one_answer_sentence_when_the_statement_is_cut(shared_
     else:
         assert "answer_statements_cut" not in report and sentences.count(2) == len(rationales)
 
+
+
+def test_released_rationales_whose_text_reaches_another_answer_can_be_dropped():
+    from kpod.config import RunConfig
+    from kpod.pipeline import collect_rationales
+
+    def collect(require: bool):
+        cfg = RunConfig.model_validate({"data": {"dataset": "svamp", "max_train_questions": 120,
+                                                 "rationales_per_question": None, "require_text_agrees": require}})
+        return collect_rationales(cfg)[1:]
+
+    kept, report = collect(False)
+    disagreeing = [r for r in kept if r.meta["text_agrees"] is False]
+    assert report["text_disagrees_with_stated_answer"] == len(disagreeing) > 0  # the GPT-3.5 release has such rows
+    strict, strict_report = collect(True)
+    assert len(strict) == len(kept) - len(disagreeing) and all(r.meta["text_agrees"] for r in strict)
+    assert strict_report["text_disagrees_with_stated_answer"] == len(disagreeing)
+    # the option left at its default changes no fingerprint (finished runs and cells stay finished)
+    assert "require_text_agrees" not in RunConfig().data.fingerprint_fields()

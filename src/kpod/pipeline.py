@@ -139,6 +139,10 @@ def collect_rationales(cfg: RunConfig) -> tuple[list[Question], list[Rationale],
     if d.only_correct:
         report["dropped_wrong_answer_total"] = sum(not r.correct for r in rationales)
         rationales = [r for r in rationales if r.correct]
+    disagreeing = [r for r in rationales if r.meta.get("text_agrees") is False]
+    report["text_disagrees_with_stated_answer"] = len(disagreeing)  # counted whether or not they are dropped
+    if d.require_text_agrees:
+        rationales = [r for r in rationales if r.meta.get("text_agrees") is not False]
     if d.rationales_per_question:
         per_q: dict[str, list[Rationale]] = defaultdict(list)
         # Prefer rationales whose own text reaches the answer (where the release states it separately).

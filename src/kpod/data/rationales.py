@@ -9,7 +9,10 @@ Sources (files under the data folder, see its README):
 
 Only questions of the TRAIN split are kept: several release files were made on other splits and cover dev/test
 questions (counted as `not_train` in the report; never silently dropped). Wrong rationales are kept in the
-output with `correct=False` and filtered by the caller (`only_correct`), again with counts.
+output with `correct=False` and filtered by the caller (`only_correct`), again with counts. A release that states
+each rationale's answer apart from its text (`gpt35`) is judged by that answer, which is the gold one in every row;
+`meta.text_agrees` records whether kpod reads the same answer from the text (`data.require_text_agrees` drops those
+where it does not).
 
     >>> rationales, report = import_rationales("svamp", "gpt35")
 """
