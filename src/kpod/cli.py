@@ -244,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run the whole pipeline from a YAML config (resumes finished stages)")
     r.add_argument("config")
-    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. train.epochs=2")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. train.epochs=2; the value is read as YAML, so quote a string that "
+                   "would read as a number or yes/no: name='\"2024\"'")
     r.add_argument("--run-dir", help="output folder (default runs/NAME)")
     r.add_argument("--zero-shot-cache", metavar="DIR",
                    help="folder shared by runs that differ only in training (e.g. seeds): each zero-shot evaluation "
