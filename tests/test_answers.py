@@ -406,3 +406,10 @@ def test_package_exports_extract_answer():
     import kpod
 
     assert kpod.extract_answer("The answer is 3", "gsm8k") == "3"
+
+
+def test_a_bound_after_the_trigger_is_not_the_answer():
+    text = "First, check whether the answer is bigger than 10. 1 + 2 = 3. So the total is 3."
+    assert extract_answer(text, "svamp") == "3"
+    assert extract_answer("The answer is at least 4, and in the end 6.", "svamp") == "6"
+    assert extract_answer("Therefore, the answer is 12 more than before.", "svamp") == "12"  # a number first still counts

@@ -209,7 +209,14 @@ def _sentence_number(sentence: str) -> Fraction | object | None:
     return numbers_in(sentence)[0]
 
 
+# "the answer is bigger than 10": a bound the reasoning checks, not the answer it states
+_COMPARISON = re.compile(r"(?:bigger|greater|larger|smaller|less|more|fewer|higher|lower)\s+than\b|at\s+(?:least|most)\b",
+                         re.IGNORECASE)
+
+
 def _read_number(span: str) -> str | object | None:
+    if _COMPARISON.match(span.lstrip(" \t\n:*")):
+        return _ABSENT
     value = _sentence_number(span)
     return format_number(value) if isinstance(value, Fraction) else value
 
