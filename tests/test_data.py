@@ -97,9 +97,15 @@ def test_user_jsonl_choice_correctness(tmp_path):
     [
         ('{"question": "a?", "answer": 1', "mine.jsonl:2: malformed JSON"),
         ('{"answer": "3"}', "mine.jsonl:2: missing field 'question'"),
-        ('{"question": "  ", "answer": "3"}', "mine.jsonl:2: empty question"),
+        ('{"question": "  ", "answer": "3"}', "mine.jsonl:2: 'question' must be a non-empty string"),
         ('{"question": "q", "answer": "three-ish"}', "mine.jsonl:2: cannot read answer"),
         ('[1, 2]', "mine.jsonl:2: expected a JSON object"),
+        ('{"question": null, "answer": "3"}', "mine.jsonl:2: 'question' must be a non-empty string"),
+        ('{"question": "q", "answer": {"value": 5}}', "mine.jsonl:2: 'answer' must be a number or a string"),
+        ('{"question": "q", "answer": "A", "choices": [{"label": "A", "text": "red"}, "blue"]}',
+         "mine.jsonl:2: 'choices' must be a list of 2 to 5 non-empty strings"),
+        ('{"question": "q", "answer": "A", "choices": ["a", "b", "c", "d", "e", "f"]}', "read as the letters A-E"),
+        ('{"question": "q", "answer": "3", "rationale": "  "}', "mine.jsonl:2: empty rationale"),
     ],
 )
 def test_bad_user_jsonl_names_file_and_line(tmp_path, line, message):
@@ -214,3 +220,58 @@ def test_released_rationales_whose_text_reaches_another_answer_can_be_dropped():
     assert strict_report["text_disagrees_with_stated_answer"] == len(disagreeing)
     # the option left at its default changes no fingerprint (finished runs and cells stay finished)
     assert "require_text_agrees" not in RunConfig().data.fingerprint_fields()
+
+
+def test_user_jsonl_encodings_and_signs(tmp_path, caplog):
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes("\ufeff".encode() + json.dumps({"question": "3 - 8?", "answer": "\u22125",
+                                                    "rationale": "3 \u2212 8 = \u22125. The answer is \u22125.",
+                                                    "Explanation": "typo"}).encode() + b"\n")
+    qs, rs = load_user_jsonl(bom, "number")  # an editor's byte-order mark is read past
+    assert qs[0].answer == "-5" and rs[0].correct  # a unicode minus in the gold keeps its sign
+    assert "'Explanation' (1 lines)" in caplog.text  # a field kpod does not read is named, not silently dropped
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes('{"question": "caf\xe9?", "answer": "1"}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match="latin.jsonl:1: not UTF-8"):
+        load_user_jsonl(latin, "number")
+    with pytest.raises(DataError, match="not a file"):
+        load_user_jsonl(tmp_path, "number")
+
+
+def test_custom_data_takes_taught_rationales_and_keeps_its_test_questions_apart(tmp_path):
+    from kpod.config import RunConfig
+    from kpod.pipeline import collect_rationales
+
+    train = _write(tmp_path, [json.dumps({"id": f"t{k}", "question": f"What is {k} + 2?", "answer": k + 2})
+                              for k in range(3)])
+    test = tmp_path / "test.jsonl"
+    test.write_text(json.dumps({"question": "What is 9 + 9?", "answer": 18}) + "\n")
+    taught = tmp_path / "taught.jsonl"  # as `kpod teach --file` writes them
+    taught.write_text("".join(json.dumps(Rationale(id=i, rationale=f"{k} + 2 = {k + 2}.", teacher="t", answer=str(k + 2),
+                                                   gold=str(k + 2), correct=True).to_json()) + "\n"
+                              for k, i in [(0, "t0"), (1, "t1"), (5, "other")]))
+
+    def collect(**data):
+        return collect_rationales(RunConfig.model_validate({"data": {
+            "dataset": "custom", "train_file": str(train), "test_file": str(test), **data}}))
+
+    with pytest.raises(DataError, match="no rationale to train on"):  # questions alone: nothing to distil
+        collect()
+    _, rationales, report = collect(rationale_source=str(taught))
+    assert [r.id for r in rationales] == ["t0", "t1"] and report["rationale_source_not_in_train_file"] == 1
+    with pytest.raises(DataError, match="3 test questions are also in"):
+        collect(rationale_source=str(taught), test_file=str(train))
+
+
+def test_the_custom_data_example_is_read_whole(monkeypatch):
+    from pathlib import Path
+
+    from kpod.config import load_config
+    from kpod.pipeline import collect_rationales, load_questions
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # its paths are relative to where kpod runs, as a user runs it
+    cfg = load_config(root / "configs" / "custom-example.yaml")
+    questions, rationales, report = collect_rationales(cfg)
+    assert len(questions) == report["kept_rationales"] == 6 and report["dropped_wrong_answer_total"] == 0
+    assert len(load_questions(cfg, "test")) == 3

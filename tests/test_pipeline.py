@@ -296,3 +296,26 @@ def test_an_evaluation_is_redone_when_the_method_trains_otherwise(tmp_path, tiny
     zero_shot = {beta: Pipeline(load_config(path, {"kpod.beta": beta}), progress=False)._eval_fingerprint("zero-shot")
                  for beta in (12, 0)}
     assert zero_shot[12] == zero_shot[0]  # the un-distilled student does not depend on the method
+
+
+def test_custom_data_edited_in_place_is_read_again_and_a_missing_test_file_fails_first(tmp_path, tiny_llama_dir,
+                                                                                        capsys):
+    def write(path, pairs):
+        path.write_text("".join(json.dumps({"question": f"What is {a} + {b}?", "answer": a + b,
+                                            "rationale": f"{a} + {b} = {a + b}."}) + "\n" for a, b in pairs))
+
+    train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    write(train, [(k, 1) for k in range(8)])
+    path = _config(tmp_path, tiny_llama_dir, data={"dataset": "custom", "train_file": str(train),
+                                                   "test_file": str(test), "max_train_questions": None})
+    assert main(["run", str(path), "--no-progress"]) == 2  # before anything is trained
+    assert "test.jsonl: file not found" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "train").exists()
+    write(test, [(20, 3), (30, 4)])
+    assert main(["run", str(path), "--no-progress"]) == 0
+    write(train, [(k, 2) for k in range(8)])  # the same path, other contents
+    assert main(["run", str(path), "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert {"data", "train"} <= set(summary["timings_s"])
+    rationales = [json.loads(line) for line in (tmp_path / "run" / "data" / "rationales.jsonl").read_text().splitlines()]
+    assert rationales[0]["rationale"] == "0 + 2 = 2."

@@ -90,6 +90,16 @@ class StageLog:
 
 
 # ----------------------------------------------------------------------------- data
+def files_digest(*paths: str | None) -> list[str]:
+    """Content digests of the given files that exist (a user's data files, a `kpod teach` output): a file edited in
+    place must re-run what read it. Empty for none, so fingerprints of runs on shipped data stay as they were."""
+    out = []
+    for path in paths:
+        if path and Path(path).is_file():
+            out.append(hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16])
+    return out
+
+
 def load_questions(cfg: RunConfig, split: str) -> list[Question]:
     d = cfg.data
     if d.dataset == "custom":
@@ -119,6 +129,14 @@ def collect_rationales(cfg: RunConfig) -> tuple[list[Question], list[Rationale],
     if d.dataset == "custom":
         questions, rationales = load_user_jsonl(d.train_file, d.answer_type)
         report = {"dataset": "custom", "source": d.train_file, "rationales": len(rationales)}
+        if d.rationale_source:  # a `kpod teach --file` output for these questions, beside any written in the file
+            ids = {q.id for q in questions}
+            taught = [Rationale.from_json(row) for _, row in read_jsonl(d.rationale_source)]
+            report.update(source=[d.train_file, d.rationale_source], rationales_in_train_file=len(rationales),
+                          rationale_source_not_in_train_file=sum(r.id not in ids for r in taught))
+            rationales += [r for r in taught if r.id in ids]
+            report["rationales"] = len(rationales)
+        assert_custom_splits_apart(d, questions)
     else:
         questions = load_split(d.dataset, "train", d.data_dir)
         if d.rationale_source and Path(d.rationale_source).suffix == ".jsonl":
@@ -155,7 +173,25 @@ def collect_rationales(cfg: RunConfig) -> tuple[list[Question], list[Rationale],
     report["kept_rationales"] = len(rationales)
     report["kept_questions"] = len({r.id for r in rationales})
     report["train_questions_used"] = len(questions)
+    if not rationales:
+        raise DataError(f"no rationale to train on: {json.dumps(report)} (a custom file needs 'rationale' fields or "
+                        "data.rationale_source, a `kpod teach` output; only_correct drops those whose answer kpod "
+                        "reads as another than the gold one)")
     return questions, rationales, report
+
+
+def assert_custom_splits_apart(d, train: list[Question]) -> None:
+    """A custom test or dev file must not share a question text with the training file (ids are not compared: the
+    default ids FILE-STEM-LINE of two files named alike are equal)."""
+    keys = {" ".join(q.question.lower().split()) for q in train}
+    for split, path in (("dev", d.dev_file), ("test", d.test_file)):
+        if path is None or not Path(path).exists():
+            continue
+        held = load_user_jsonl(path, d.answer_type)[0]
+        shared = [q.id for q in held if " ".join(q.question.lower().split()) in keys]
+        if shared:
+            raise DataError(f"{path}: {len(shared)} {split} questions are also in {d.train_file} (the same text), "
+                            f"e.g. {shared[:3]}: a model trained on them would be tested on them")
 
 
 # ----------------------------------------------------------------------------- the pipeline
@@ -218,7 +254,8 @@ class Pipeline:
             self.paths.data_report.write_text(json.dumps(report, indent=1))
             log.info("data: %s", json.dumps(report))
 
-        self.cached("data", fingerprint(self.cfg.data), work)
+        d = self.cfg.data
+        self.cached("data", fingerprint(d, *files_digest(d.train_file, d.rationale_source)), work)
         questions = {row["id"]: Question(**row) for _, row in read_jsonl(self.paths.data_dir / "train_questions.jsonl")}
         rationales = [Rationale.from_json(row) for _, row in read_jsonl(self.paths.rationales)]
         return questions, rationales
@@ -244,7 +281,8 @@ class Pipeline:
         trained_with = self._train_fingerprint() if label != "zero-shot" else None
         # (eval options added later are left out at their old-behaviour values: older runs keep their cached results)
         eval_cfg = self.cfg.eval.fingerprint_fields()
-        return fingerprint(self.cfg.data, eval_cfg, self.cfg.student, trained_with, self.cfg.seed, label)
+        held_out = files_digest(self.cfg.data.dev_file, self.cfg.data.test_file)  # a user's test file edited in place
+        return fingerprint(self.cfg.data, eval_cfg, self.cfg.student, trained_with, self.cfg.seed, label, *held_out)
 
     def stage_eval(self, label: str, model, tokenizer, method: str) -> list[dict]:
         fp = self._eval_fingerprint(label)
@@ -461,6 +499,8 @@ class Pipeline:
         cfg = self.cfg
         self._dump_config()
         t_start = time.time()
+        for _ in self._eval_targets("check"):  # a missing test file fails now, not after training
+            pass
         questions, rationales = self.stage_data()
         model, tokenizer = self._load_student()
         examples = self.stage_encode(tokenizer, questions, rationales)

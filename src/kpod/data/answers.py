@@ -340,7 +340,8 @@ def _number_gold(answer: object, choices: list[str] | None = None) -> str | None
         return None
     if isinstance(answer, (int, float)):
         return format_number(Fraction(repr(answer))) if math.isfinite(answer) else None
-    numbers = numbers_in(re.sub(r"\([^()]*\)", " ", str(answer).rsplit("####", 1)[-1]))
+    text = str(answer).rsplit("####", 1)[-1].replace("\u2212", "-")  # a unicode minus, as model text gets too
+    numbers = numbers_in(re.sub(r"\([^()]*\)", " ", text))
     return format_number(numbers[0]) if len(numbers) == 1 else None
 
 
