@@ -102,6 +102,7 @@ def test_zero_shot_cot_requests_and_rationales(tmp_path):
     rationale, _ = chat.to_rationale(question, 0, TeacherReply("One way to check the answer is to add. 2 + 3 = 5.\n"
                                                                "Answer: 5"))
     assert rationale.rationale == "One way to check the answer is to add. 2 + 3 = 5."
+    assert chat.to_rationale(question, 0, TeacherReply(" 2 + 3 = 5. \n"))[0].rationale == "2 + 3 = 5."
 
 
 def test_retry_after_header_forms():

@@ -118,9 +118,10 @@ class ZeroShotCoT:
     def to_rationale(
         self, question: Question, sample: int, first: TeacherReply, answer: TeacherReply | None = None
     ) -> tuple[Rationale, str]:
-        """The Rationale of one finished sample and its verdict (kept, wrong_answer, no_answer, empty_rationale)."""
+        """The Rationale of one finished sample and its verdict (kept, wrong_answer, no_answer, empty_rationale,
+        truncated)."""
         text = cut_run_on(first.text)
-        reasoning, _ = split_answer_statement(text, keep_statement_alone=False)  # an answer alone is no rationale
+        reasoning = split_answer_statement(text, keep_statement_alone=False)[0].strip()  # an answer alone is none
         choices = question.choices
         in_text = extract_answer_details(text, self.kind, choices)
         meta = {"backend": self.cfg.backend, "mode": self.cfg.mode, "finish_reason": first.finish_reason}
