@@ -166,6 +166,8 @@ def test_trainer_learns_checkpoints_and_resumes(svamp_examples, smol_tokenizer, 
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert json.loads((tmp_path / "train" / "summary.json").read_text())["tokens_this_run"] > 0
 
+    first = json.loads((tmp_path / "train" / "checkpoint-4" / "kpod_train_wall_s.json").read_text())["train_wall_s"]
+
     # A second run for 2 epochs resumes from checkpoint-4 and only does the remaining 4 steps.
     cfg2 = cfg.model_copy(update={"epochs": 2})
     model2 = build_tiny_model("llama", smol_tokenizer, seed=0)
@@ -173,3 +175,6 @@ def test_trainer_learns_checkpoints_and_resumes(svamp_examples, smol_tokenizer, 
     summary2 = run_training(trainer2, tmp_path / "train", tmp_path / "final")
     assert summary2["resumed_from"] == "checkpoint-4"
     assert summary2["global_steps"] == 8 and summary2["steps_this_run"] == 4
+    # its cost counts the first attempt's training up to checkpoint-4 too, and its loss curve starts at step 1
+    assert first > 0 and summary2["train_wall_s_all_attempts"] == pytest.approx(first + summary2["train_wall_s"], abs=0.2)
+    assert [p["step"] for p in summary2["loss_curve"]] == list(range(1, 9))

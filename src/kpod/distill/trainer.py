@@ -203,10 +203,33 @@ def build_trainer(model, tokenizer, dataset: DistillDataset, cfg: TrainConfig, o
     return trainer
 
 
+WALL_FILE = "kpod_train_wall_s.json"  # in each checkpoint: training seconds up to it, over every attempt
+
+
+class WallClock(TrainerCallback):
+    """Writes into each checkpoint the training time up to it, earlier attempts included, so that a resumed run
+    reports what its training cost in all (a run's own clock starts again at every resume)."""
+
+    def __init__(self, before: float):
+        self.before, self.start = before, time.time()
+
+    def total(self) -> float:
+        return self.before + time.time() - self.start
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                (folder / WALL_FILE).write_text(json.dumps({"train_wall_s": round(self.total(), 1)}))
+
+
 def run_training(trainer: DistillTrainer, output_dir: Path, final_dir: Path) -> dict:
     """Train (resuming from the newest checkpoint if there is one), save the final model, return a summary."""
     output_dir.mkdir(parents=True, exist_ok=True)
     last = get_last_checkpoint(str(output_dir)) if output_dir.exists() else None
+    wall_file = Path(last) / WALL_FILE if last else None
+    before = json.loads(wall_file.read_text())["train_wall_s"] if wall_file and wall_file.exists() else 0.0
+    trainer.add_callback(WallClock(before))
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=last)
     wall = time.time() - t0
@@ -218,7 +241,8 @@ def run_training(trainer: DistillTrainer, output_dir: Path, final_dir: Path) -> 
         "global_steps": trainer.state.global_step,
         "steps_this_run": steps_run,
         "epochs": trainer.state.epoch,
-        "train_wall_s": round(wall, 1),
+        "train_wall_s": round(wall, 1),  # this attempt's
+        "train_wall_s_all_attempts": round(before + wall, 1),  # earlier attempts up to the resumed checkpoint too
         "s_per_step": round(wall / max(1, steps_run), 3),
         "tokens_this_run": tokens,
         "train_tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,

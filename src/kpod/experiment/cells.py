@@ -236,6 +236,8 @@ def read_cell(cell: Cell) -> dict:
         t = json.loads(train_path.read_text())
         rec["train"] = {k: t.get(k) for k in ("global_steps", "epochs", "train_wall_s", "final_train_loss",
                                                "train_tokens_per_s", "loss_curve")}
+        if t.get("train_wall_s_all_attempts") is not None:  # a resumed cell's cost is every attempt's
+            rec["train"]["train_wall_s"] = t["train_wall_s_all_attempts"]
     return rec
 
 
