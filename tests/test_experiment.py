@@ -65,13 +65,14 @@ def _record(method, seed, acc, zero=None, dataset="svamp"):
     return rec
 
 
-def test_aggregate_and_tables():
+def test_aggregate_and_tables(caplog):
     records = [_record("plain", 0, 10.0, zero=2.0), _record("plain", 1, 14.0, zero=2.0), _record("kpod", 0, 20.0),
                _record("kpod", 1, 23.0), _record("kpod", 2, 29.0), _record("scott", 0, 30.0, zero=9.0)]
     agg = aggregate(records)
     assert agg["kpod"]["svamp"]["values"] == [20.0, 23.0, 29.0] and agg["kpod"]["svamp"]["mean"] == pytest.approx(24.0)
     assert agg["kpod"]["svamp"]["std"] == pytest.approx(statistics.stdev([20, 23, 29]))
     assert agg["zero_shot"]["svamp"]["values"] == [2.0, 2.0]  # one value per seed, from the first cell that has it
+    assert "accuracy differs between cells of seed 0 (9.00 in scott, 2.00 shown)" in caplog.text  # not silently
     exp = ExperimentConfig(name="t", base="b.yaml", seeds=[0, 1, 2], datasets={"svamp": {}},
                            methods={"plain": {}, "kpod": {"label": "KPOD (ours)"}, "scott": {}})
     spec = TableSpec(title="T1", methods=["zero_shot", "plain", "kpod", "scott", "scotd"],

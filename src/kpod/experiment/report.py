@@ -33,7 +33,11 @@ def aggregate(records: list[dict]) -> dict[str, dict[str, dict]]:
         for col, r in (rec.get("accuracy") or {}).items():
             values.setdefault(rec["method"], {}).setdefault(col, {})[rec["seed"]] = exact_accuracy(r)
         for col, r in (rec.get("zero_shot_accuracy") or {}).items():
-            values.setdefault(ZERO_SHOT, {}).setdefault(col, {}).setdefault(rec["seed"], exact_accuracy(r))
+            shown = values.setdefault(ZERO_SHOT, {}).setdefault(col, {}).setdefault(rec["seed"], exact_accuracy(r))
+            if shown != exact_accuracy(r):  # cells whose overrides change the prompt or the evaluation
+                log.warning("the un-distilled student's %s accuracy differs between cells of seed %s (%.2f in %s, "
+                            "%.2f shown): their methods evaluate it otherwise", col, rec["seed"], exact_accuracy(r),
+                            rec.get("cell", rec["method"]), shown)
     out: dict[str, dict[str, dict]] = {}
     for method, cols in values.items():
         for col, by_seed in cols.items():
