@@ -70,6 +70,7 @@ def build(configs: list[Path]) -> dict:
             by_id = {q.id: q for q in questions}
             if key.startswith('["steps"'):
                 d = cfg.data
+                # encode_examples, not pipeline.encode_for: older commits, which this also runs on, lack the latter
                 examples, _ = encode_examples(load_tokenizer(cfg.student.name), by_id, rationales,
                                               prompt_template=d.prompt_template, target_template=d.target_template,
                                               splitter=d.splitter, max_length=d.max_length, progress=False)

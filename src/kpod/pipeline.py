@@ -37,7 +37,7 @@ from kpod.baselines.registry import MethodContext, get_method, prepare_training,
 from kpod.config import RunConfig, dump_config
 from kpod.data.custom import load_user_jsonl
 from kpod.data.datasets import load_split
-from kpod.data.rationales import assert_no_leakage, import_rationales, without_answer_statements
+from kpod.data.rationales import assert_no_leakage, import_rationales, normalise_text, without_answer_statements
 from kpod.data.records import DataError, Question, Rationale, read_jsonl, write_jsonl
 from kpod.distill.dataset import DistillDataset
 from kpod.distill.examples import EncodedExample, encode_examples
@@ -183,12 +183,12 @@ def collect_rationales(cfg: RunConfig) -> tuple[list[Question], list[Rationale],
 def assert_custom_splits_apart(d, train: list[Question]) -> None:
     """A custom test or dev file must not share a question text with the training file (ids are not compared: the
     default ids FILE-STEM-LINE of two files named alike are equal)."""
-    keys = {" ".join(q.question.lower().split()) for q in train}
+    keys = {normalise_text(q.question) for q in train}
     for split, path in (("dev", d.dev_file), ("test", d.test_file)):
         if path is None or not Path(path).exists():
             continue
         held = load_user_jsonl(path, d.answer_type)[0]
-        shared = [q.id for q in held if " ".join(q.question.lower().split()) in keys]
+        shared = [q.id for q in held if normalise_text(q.question) in keys]
         if shared:
             raise DataError(f"{path}: {len(shared)} {split} questions are also in {d.train_file} (the same text), "
                             f"e.g. {shared[:3]}: a model trained on them would be tested on them")
@@ -461,8 +461,7 @@ class Pipeline:
         marker = train_dir / "fingerprint.txt"
         written_with = marker.read_text().strip() if marker.exists() else self.stages.done.get("train")
         if dist.is_main():
-            old = [*train_dir.glob("checkpoint-*"), self.paths.final_model] if train_dir.exists() else []
-            old = [path for path in old if path.exists()]
+            old = [path for path in (*train_dir.glob("checkpoint-*"), self.paths.final_model) if path.exists()]
             if old and (self.stages.inputs_changed or written_with not in (None, fp)):
                 log.warning("train: settings or inputs changed since %s was written; training from the start",
                             ", ".join(sorted(path.name for path in old)))

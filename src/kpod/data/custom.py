@@ -15,14 +15,15 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from kpod.data.answers import answers_match, extract_answer, normalize_gold
+from kpod.data.answers import CHOICE_LETTERS, answers_match, extract_answer, normalize_gold
+from kpod.data.rationales import normalise_text
 from kpod.data.records import DataError, Question, Rationale, read_jsonl
 
 log = logging.getLogger("kpod")
 
 USER_TEACHER = "user"
 FIELDS = {"id", "question", "answer", "choices", "rationale", "rationales"}
-MAX_CHOICES = 5  # answers are read as the letters A-E
+MAX_CHOICES = len(CHOICE_LETTERS)  # answers are read as these letters
 
 
 def load_user_jsonl(
@@ -46,14 +47,14 @@ def load_user_jsonl(
         if not isinstance(row["question"], str) or not row["question"].strip():
             raise DataError(f"{where}: 'question' must be a non-empty string, got {row['question']!r}")
         text = row["question"].strip()
-        texts_seen[" ".join(text.lower().split())] += 1
+        texts_seen[normalise_text(text)] += 1
         if isinstance(row["answer"], bool) or not isinstance(row["answer"], (str, int, float)):
             raise DataError(f"{where}: 'answer' must be a number or a string, got {row['answer']!r}")
         choices = row.get("choices")
         if choices is not None and not (isinstance(choices, list) and 2 <= len(choices) <= MAX_CHOICES
                                         and all(isinstance(c, str) and c.strip() for c in choices)):
             raise DataError(f"{where}: 'choices' must be a list of 2 to {MAX_CHOICES} non-empty strings (answers are "
-                            f"read as the letters A-{'ABCDEFGHIJ'[MAX_CHOICES - 1]}), got {choices!r}")
+                            f"read as the letters A-{CHOICE_LETTERS[-1]}), got {choices!r}")
         if answer_type == "choice" and choices is None:
             raise DataError(f"{where}: answer_type 'choice' needs a list 'choices' of at least two options")
         gold = normalize_gold(row["answer"], answer_type, choices) if choices else normalize_gold(row["answer"], answer_type)
